@@ -1,0 +1,679 @@
+"""Llama 3 inference from scratch: the compact version of every step the notebooks derive.
+
+The sections follow the notebooks in reading order. Each notebook works a step out one
+tensor at a time, checks its result against the function here, and later notebooks call
+the function instead of repeating the derivation.
+
+Tensors keep Meta's layout and precision: weights stay bfloat16 and memory-mapped, the
+matmuls run in the weights' dtype, and RMSNorm, RoPE and softmax run in float32, exactly
+where Meta's reference implementation (`llama_models.llama3.model`) does.
+
+Shapes in comments: T = tokens, D = dim, H = query heads, K = key/value heads,
+d = head_dim, F = FFN hidden size, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and everything is "
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+DEMO_DIR = REPO_DIR / "build" / "llama3-demo"
+
+# sha256 of Meta's Llama 3 tokenizer.model (the same file ships in `llama-models`).
+META_TOKENIZER_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
+
+
+class Llama3InputError(ValueError):
+    """Bad input: the message names the path or prompt and the fix; no traceback needed."""
+
+    def _render_traceback_(self):  # IPython shows this instead of a traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
+class CheckpointError(Llama3InputError):
+    pass
+
+
+class PromptError(Llama3InputError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------
+# 01 The checkpoint
+# ---------------------------------------------------------------------------------------
+
+PARAMS_REQUIRED = ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "norm_eps")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """params.json, plus every number the walkthrough derives from it."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    multiple_of: int
+    ffn_dim_multiplier: float | None
+    norm_eps: float
+    rope_theta: float
+    use_scaled_rope: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def queries_per_kv_head(self) -> int:
+        """Grouped-query attention: query head h reads key/value head h // this."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        """Meta's formula: 2/3 of 4*dim, times ffn_dim_multiplier, rounded up to multiple_of."""
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    @property
+    def context_length(self) -> int:
+        """Llama 3 was trained on 8192 positions; Llama 3.1's scaled RoPE reaches 131072."""
+        return 131072 if self.use_scaled_rope else 8192
+
+    @classmethod
+    def from_params(cls, params: dict) -> "ModelConfig":
+        return cls(
+            dim=int(params["dim"]),
+            n_layers=int(params["n_layers"]),
+            n_heads=int(params["n_heads"]),
+            n_kv_heads=int(params.get("n_kv_heads") or params["n_heads"]),
+            vocab_size=int(params["vocab_size"]),
+            multiple_of=int(params["multiple_of"]),
+            ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
+            norm_eps=float(params["norm_eps"]),
+            rope_theta=float(params.get("rope_theta", 10000.0)),
+            use_scaled_rope=bool(params.get("use_scaled_rope", False)),
+        )
+
+
+def checkpoint_dir(path: str | os.PathLike | None = None) -> Path:
+    """The checkpoint to read: `path`, else $LLAMA3_DIR, else the demo checkpoint."""
+    if path is None:
+        path = os.environ.get("LLAMA3_DIR") or DEMO_DIR
+    return Path(path).expanduser()
+
+
+def prompt_text(prompt: str | None = None) -> str:
+    """The prompt to run: `prompt`, else $LLAMA3_PROMPT, else the default question."""
+    if prompt is None:
+        prompt = os.environ.get("LLAMA3_PROMPT", DEFAULT_PROMPT)
+    return prompt
+
+
+def check_checkpoint_dir(ckpt_dir: Path) -> None:
+    """Fail early, with the fix, on anything that is not Meta's original Llama 3 layout."""
+    if ckpt_dir == DEMO_DIR and not ckpt_dir.exists():
+        raise CheckpointError(
+            f"The demo checkpoint {ckpt_dir} has not been built yet. "
+            "Run `make demo` (or `python scripts/build_demo_checkpoint.py`) first."
+        )
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(
+            f"LLAMA3_DIR={ckpt_dir} is not a directory. Point LLAMA3_DIR at a folder holding "
+            "Meta's consolidated.00.pth, params.json and tokenizer.model, or unset it to use the demo checkpoint."
+        )
+    names = {p.name for p in ckpt_dir.iterdir()}
+    if "consolidated.00.pth" not in names and (
+        "config.json" in names or any(n.endswith(".safetensors") for n in names)
+    ):
+        raise CheckpointError(
+            f"{ckpt_dir} is in Hugging Face layout (config.json, *.safetensors). This walkthrough reads "
+            f"Meta's original format: set LLAMA3_DIR={ckpt_dir / 'original'} (the repo's original/ folder)."
+        )
+    if "consolidated.01.pth" in names:
+        raise CheckpointError(
+            f"{ckpt_dir} holds a checkpoint sharded over several consolidated.*.pth files (a 70B model). "
+            "This walkthrough runs single-file checkpoints such as Meta-Llama-3-8B; point LLAMA3_DIR at one."
+        )
+    for name in ("params.json", "consolidated.00.pth", "tokenizer.model"):
+        if name not in names:
+            raise CheckpointError(
+                f"{ckpt_dir / name} is missing. A Llama 3 checkpoint directory in Meta's layout holds "
+                "consolidated.00.pth, params.json and tokenizer.model; download all three (see notebook 01)."
+            )
+
+
+def read_params(ckpt_dir: Path) -> ModelConfig:
+    path = ckpt_dir / "params.json"
+    try:
+        params = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e}). Download params.json again.") from None
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object. Download params.json again.")
+    missing = [k for k in PARAMS_REQUIRED if k not in params]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}. Download params.json again from the same release.")
+    if params["vocab_size"] in (-1, 32000) or "rope_theta" not in params:
+        raise CheckpointError(
+            f"{path} describes a Llama 2 model (vocab_size {params['vocab_size']}, no rope_theta). "
+            "This walkthrough needs a Llama 3 checkpoint such as Meta-Llama-3-8B."
+        )
+    try:
+        config = ModelConfig.from_params(params)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has a value of the wrong type ({e}). Download params.json again.") from None
+    if config.dim % config.n_heads or config.n_heads % config.n_kv_heads or config.head_dim % 2:
+        raise CheckpointError(
+            f"{path}: dim {config.dim}, n_heads {config.n_heads} and n_kv_heads {config.n_kv_heads} do not "
+            "divide into whole, even-sized heads. Download params.json again from the same release."
+        )
+    return config
+
+
+def expected_shapes(config: ModelConfig, tied_output: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a Meta-format checkpoint with this config, by key, in file order."""
+    D, V, F = config.dim, config.vocab_size, config.ffn_hidden_dim
+    kv = config.n_kv_heads * config.head_dim
+    shapes = {"tok_embeddings.weight": (V, D)}
+    for i in range(config.n_layers):
+        p = f"layers.{i}."
+        shapes |= {
+            p + "attention.wq.weight": (D, D),
+            p + "attention.wk.weight": (kv, D),
+            p + "attention.wv.weight": (kv, D),
+            p + "attention.wo.weight": (D, D),
+            p + "feed_forward.w1.weight": (F, D),
+            p + "feed_forward.w2.weight": (D, F),
+            p + "feed_forward.w3.weight": (F, D),
+            p + "attention_norm.weight": (D,),
+            p + "ffn_norm.weight": (D,),
+        }
+    shapes["norm.weight"] = (D,)
+    if not tied_output:
+        shapes["output.weight"] = (V, D)
+    return shapes
+
+
+def load_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """consolidated.00.pth memory-mapped: tensors are read from disk only when touched."""
+    path = ckpt_dir / "consolidated.00.pth"
+    try:
+        # weights_only: a checkpoint is data; never run code from it.
+        weights = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # torch raises many kinds for a damaged zip
+        raise CheckpointError(
+            f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
+            "It is probably truncated or corrupt: compare its size and checksum with the download and fetch it again."
+        ) from None
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path} does not hold a dict of tensors. Download consolidated.00.pth again.")
+    tied = "output.weight" not in weights  # Llama 3.2 1B/3B reuse the embedding matrix
+    want = expected_shapes(config, tied_output=tied)
+    missing = [k for k in want if k not in weights]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {len(missing)} tensors that params.json implies (first: {missing[0]}). "
+            "Check that params.json and consolidated.00.pth come from the same model."
+        )
+    for key, shape in want.items():
+        got = tuple(weights[key].shape)
+        if got != shape:
+            raise CheckpointError(
+                f"{path}: {key} has shape {list(got)} but {ckpt_dir / 'params.json'} implies {list(shape)}. "
+                "Check that both files come from the same model."
+            )
+    if tied:
+        weights["output.weight"] = weights["tok_embeddings.weight"]
+    return weights
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    tokenizer: "tiktoken.Encoding"  # noqa: F821
+
+
+def load_checkpoint(path: str | os.PathLike | None = None) -> Checkpoint:
+    """Checked, memory-mapped checkpoint: config, weights and tokenizer together."""
+    ckpt_dir = checkpoint_dir(path)
+    check_checkpoint_dir(ckpt_dir)
+    config = read_params(ckpt_dir)
+    tokenizer = load_tokenizer(ckpt_dir / "tokenizer.model")
+    if tokenizer.n_vocab != config.vocab_size:
+        raise CheckpointError(
+            f"{ckpt_dir / 'tokenizer.model'} gives {tokenizer.n_vocab} tokens but params.json says vocab_size "
+            f"{config.vocab_size}. Use the tokenizer.model that came with this checkpoint."
+        )
+    weights = load_weights(ckpt_dir, config)
+    return Checkpoint(ckpt_dir, config, weights, tokenizer)
+
+
+def count_parameters(weights: dict[str, torch.Tensor]) -> int:
+    """Parameters stored in the file (a tied output matrix counts once)."""
+    seen = {}
+    for t in weights.values():
+        seen[t.data_ptr()] = t.numel()
+    return sum(seen.values())
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def named_shape(t: torch.Tensor, *names: str) -> str:
+    """`[tokens=17, head_dim=128]`: a shape with what each dimension is."""
+    if len(names) != t.dim():
+        raise ValueError(f"{len(names)} names for a {t.dim()}-d tensor")
+    return "[" + ", ".join(f"{n}={s}" for n, s in zip(names, t.shape)) + "]"
+
+
+def describe(ck: "Checkpoint") -> str:
+    """One line naming the checkpoint a notebook runs on."""
+    kind = "the demo checkpoint (Llama 3 in miniature)" if ck.path == DEMO_DIR else "LLAMA3_DIR"
+    c = ck.config
+    return (
+        f"{kind}: {ck.path}\n"
+        f"dim={c.dim}, n_layers={c.n_layers}, n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads}, "
+        f"head_dim={c.head_dim}, vocab_size={c.vocab_size}"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# 02 Tokens
+# ---------------------------------------------------------------------------------------
+
+# Llama 3's pre-tokenizer: contractions, words with one leading non-letter, numbers of at
+# most 3 digits, punctuation runs, newlines, and whitespace.
+SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+NUM_SPECIAL_TOKENS = 256
+NAMED_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|step_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+    "<|image|>",
+]
+
+
+def special_token_names() -> list[str]:
+    """The 256 special tokens, in id order after the BPE ranks."""
+    n_reserved = NUM_SPECIAL_TOKENS - len(NAMED_SPECIAL_TOKENS)
+    return NAMED_SPECIAL_TOKENS + [f"<|reserved_special_token_{2 + i}|>" for i in range(n_reserved)]
+
+
+def read_bpe_ranks(path: Path) -> dict[bytes, int]:
+    """tokenizer.model: one `base64(token) rank` per line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        ranks = {}
+        for line in text.splitlines():
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+    except (UnicodeDecodeError, ValueError, OSError):
+        raise CheckpointError(
+            f"{path} is not a Llama 3 tiktoken file (base64 token and rank per line); a binary file here is "
+            "Llama 2's SentencePiece model. Use a Llama 3 checkpoint such as Meta-Llama-3-8B."
+        ) from None
+    if not ranks:
+        raise CheckpointError(f"{path} is empty. Download tokenizer.model again.")
+    return ranks
+
+
+def load_tokenizer(path: Path):
+    """tiktoken Encoding from tokenizer.model, with Llama 3's split pattern and special tokens."""
+    import tiktoken
+
+    ranks = read_bpe_ranks(path)
+    specials = {name: len(ranks) + i for i, name in enumerate(special_token_names())}
+    return tiktoken.Encoding(name=path.name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+
+
+def bpe_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """Byte-pair encoding of one pre-tokenized piece: merge the lowest-ranked pair until none is left."""
+    parts = [bytes([b]) for b in piece]
+    while len(parts) > 1:
+        pairs = [(ranks.get(parts[i] + parts[i + 1]), i) for i in range(len(parts) - 1)]
+        pairs = [(r, i) for r, i in pairs if r is not None]
+        if not pairs:
+            break
+        _, i = min(pairs)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return [ranks[p] for p in parts]
+
+
+def encode_prompt(tokenizer, prompt: str, config: ModelConfig) -> list[int]:
+    """<|begin_of_text|> followed by the prompt's tokens, checked against the context length."""
+    if not prompt or not prompt.strip():
+        raise PromptError(
+            "The prompt is empty. Set LLAMA3_PROMPT to some text, or unset it for the default question."
+        )
+    token_ids = [tokenizer.encode_single_token("<|begin_of_text|>")] + tokenizer.encode(prompt, disallowed_special=())
+    if len(token_ids) > config.context_length:
+        raise PromptError(
+            f"The prompt {prompt[:40]!r}... is {len(token_ids)} tokens long, more than the model's context "
+            f"length of {config.context_length}. Shorten LLAMA3_PROMPT."
+        )
+    return token_ids
+
+
+def token_texts(tokenizer, token_ids) -> list[str]:
+    return [tokenizer.decode([int(t)]) for t in token_ids]
+
+
+# ---------------------------------------------------------------------------------------
+# 03 Embeddings and RMSNorm
+# ---------------------------------------------------------------------------------------
+
+
+def embed(tok_embeddings: torch.Tensor, token_ids) -> torch.Tensor:
+    """[T] ids -> [T, D]: indexing reads only these rows of the memory-mapped table."""
+    return tok_embeddings[torch.as_tensor(token_ids)]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Scale each vector to unit root-mean-square (in float32), then by the learned weight."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return normed.type_as(x) * weight
+
+
+# ---------------------------------------------------------------------------------------
+# 04 Layer 0, head 0
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerWeights:
+    wq: torch.Tensor  # [H*d, D]
+    wk: torch.Tensor  # [K*d, D]
+    wv: torch.Tensor  # [K*d, D]
+    wo: torch.Tensor  # [D, H*d]
+    w1: torch.Tensor  # [F, D] gate
+    w2: torch.Tensor  # [D, F] down
+    w3: torch.Tensor  # [F, D] up
+    attention_norm: torch.Tensor  # [D]
+    ffn_norm: torch.Tensor  # [D]
+
+
+def layer_weights(weights: dict[str, torch.Tensor], layer: int) -> LayerWeights:
+    p = f"layers.{layer}."
+    return LayerWeights(
+        wq=weights[p + "attention.wq.weight"],
+        wk=weights[p + "attention.wk.weight"],
+        wv=weights[p + "attention.wv.weight"],
+        wo=weights[p + "attention.wo.weight"],
+        w1=weights[p + "feed_forward.w1.weight"],
+        w2=weights[p + "feed_forward.w2.weight"],
+        w3=weights[p + "feed_forward.w3.weight"],
+        attention_norm=weights[p + "attention_norm.weight"],
+        ffn_norm=weights[p + "ffn_norm.weight"],
+    )
+
+
+def split_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[n_heads*d, D] projection -> [n_heads, d, D]: row block h is head h (a view, no copy)."""
+    return w.view(n_heads, w.shape[0] // n_heads, w.shape[1])
+
+
+# ---------------------------------------------------------------------------------------
+# 05 RoPE via complex numbers
+# ---------------------------------------------------------------------------------------
+
+# Llama 3.1's frequency scaling (Meta's reference values).
+ROPE_SCALE_FACTOR = 8
+ROPE_LOW_FREQ_FACTOR = 1
+ROPE_HIGH_FREQ_FACTOR = 4
+ROPE_ORIGINAL_CONTEXT = 8192
+
+
+def scale_rope_frequencies(freqs: torch.Tensor) -> torch.Tensor:
+    """Llama 3.1: slow (long-wavelength) frequencies divided by 8, fast ones kept, a blend between."""
+    wavelen = 2 * math.pi / freqs
+    low_freq_wavelen = ROPE_ORIGINAL_CONTEXT / ROPE_LOW_FREQ_FACTOR
+    high_freq_wavelen = ROPE_ORIGINAL_CONTEXT / ROPE_HIGH_FREQ_FACTOR
+    smooth = (ROPE_ORIGINAL_CONTEXT / wavelen - ROPE_LOW_FREQ_FACTOR) / (ROPE_HIGH_FREQ_FACTOR - ROPE_LOW_FREQ_FACTOR)
+    scaled = torch.where(wavelen > low_freq_wavelen, freqs / ROPE_SCALE_FACTOR, freqs)
+    blended = (1 - smooth) * scaled / ROPE_SCALE_FACTOR + smooth * scaled
+    in_between = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(in_between, blended, scaled)
+
+
+def rope_frequencies(config: ModelConfig) -> torch.Tensor:
+    """[d/2] angles per position: theta_i = rope_theta ** (-2i/d), one per pair of dims."""
+    pair_index = torch.arange(0, config.head_dim, 2)[: config.head_dim // 2].float()
+    freqs = 1.0 / (config.rope_theta ** (pair_index / config.head_dim))
+    return scale_rope_frequencies(freqs) if config.use_scaled_rope else freqs
+
+
+def rope_freqs_cis(config: ModelConfig, n_positions: int, start: int = 0) -> torch.Tensor:
+    """[positions, d/2] complex64 unit vectors e^(i * m * theta_i) for m = start .. start+n-1."""
+    positions = torch.arange(start, start + n_positions, dtype=torch.float32)
+    angles = torch.outer(positions, rope_frequencies(config))
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rope(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (0,1), (2,3), ... of [..., T, d] by [T, d/2] (in float32)."""
+    x_complex = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    rotated = torch.view_as_real(x_complex * freqs_cis).flatten(-2)
+    return rotated.type_as(x)
+
+
+# ---------------------------------------------------------------------------------------
+# 06 Scores, the causal mask and softmax
+# ---------------------------------------------------------------------------------------
+
+
+def causal_mask(n_queries: int, n_keys: int | None = None, dtype=torch.float32) -> torch.Tensor:
+    """[Tq, Tk]: 0 where a query may look, -inf at keys after it. Queries are the last Tq positions."""
+    n_keys = n_queries if n_keys is None else n_keys
+    mask = torch.full((n_queries, n_keys), float("-inf"))
+    return torch.triu(mask, diagonal=n_keys - n_queries + 1).to(dtype)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v for [..., Tq, d] queries and [..., Tk, d] keys/values."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores + mask.to(scores.dtype)
+    weights = torch.softmax(scores.float(), dim=-1).type_as(q)
+    return weights @ v
+
+
+# ---------------------------------------------------------------------------------------
+# 07 Every head of layer 0
+# ---------------------------------------------------------------------------------------
+
+
+def project_heads(x: torch.Tensor, w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[T, D] @ [n*d, D]^T -> [n, T, d]: one projection for all heads, split by head."""
+    projected = x @ w.T
+    return projected.view(x.shape[0], n_heads, -1).transpose(0, 1)
+
+
+class KVCache:
+    """Keys and values of the positions already seen, per layer, each [K, T_seen, d]."""
+
+    def __init__(self, n_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    def __len__(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[1]
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=1)
+            v = torch.cat([self.values[layer], v], dim=1)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+def attention(
+    x_normed: torch.Tensor,
+    lw: LayerWeights,
+    config: ModelConfig,
+    freqs_cis: torch.Tensor,
+    cache: KVCache | None = None,
+    layer: int = 0,
+) -> torch.Tensor:
+    """All heads at once: [T, D] -> [T, D], before the residual add."""
+    q = apply_rope(project_heads(x_normed, lw.wq, config.n_heads), freqs_cis)  # [H, T, d]
+    k = apply_rope(project_heads(x_normed, lw.wk, config.n_kv_heads), freqs_cis)  # [K, T, d]
+    v = project_heads(x_normed, lw.wv, config.n_kv_heads)  # [K, T, d]
+    if cache is not None:
+        k, v = cache.extend(layer, k, v)  # [K, T_seen + T, d]
+    # Grouped-query attention: each key/value head serves queries_per_kv_head query heads.
+    k = k.repeat_interleave(config.queries_per_kv_head, dim=0)  # [H, Tk, d]
+    v = v.repeat_interleave(config.queries_per_kv_head, dim=0)
+    mask = causal_mask(q.shape[1], k.shape[1]) if q.shape[1] > 1 else None
+    out = attend(q, k, v, mask)  # [H, T, d]
+    out = out.transpose(0, 1).reshape(x_normed.shape[0], -1)  # [T, H*d], heads side by side
+    return out @ lw.wo.T
+
+
+# ---------------------------------------------------------------------------------------
+# 08 The feed-forward network, and a whole layer
+# ---------------------------------------------------------------------------------------
+
+
+def feed_forward(x_normed: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
+    """SwiGLU: w2( silu(w1 x) * (w3 x) ), [T, D] -> [T, F] -> [T, D]."""
+    return (torch.nn.functional.silu(x_normed @ lw.w1.T) * (x_normed @ lw.w3.T)) @ lw.w2.T
+
+
+def transformer_layer(
+    x: torch.Tensor,
+    lw: LayerWeights,
+    config: ModelConfig,
+    freqs_cis: torch.Tensor,
+    cache: KVCache | None = None,
+    layer: int = 0,
+) -> torch.Tensor:
+    """One block: x + attention(norm x), then + feed_forward(norm x)."""
+    h = x + attention(rms_norm(x, lw.attention_norm, config.norm_eps), lw, config, freqs_cis, cache, layer)
+    return h + feed_forward(rms_norm(h, lw.ffn_norm, config.norm_eps), lw)
+
+
+# ---------------------------------------------------------------------------------------
+# 09 All layers and the answer
+# ---------------------------------------------------------------------------------------
+
+
+def progress_bar(iterable, total: int, desc: str):
+    """A tqdm bar on stderr (the tests strip its timings), or the plain iterable without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, ncols=80)
+
+
+def forward(
+    weights: dict[str, torch.Tensor],
+    config: ModelConfig,
+    token_ids,
+    cache: KVCache | None = None,
+    progress: bool = False,
+    last_only: bool = False,
+) -> torch.Tensor:
+    """Token ids -> float32 logits [T, V] (or [1, V] with last_only).
+
+    With a cache, token_ids are the new tokens only; their positions follow the cached ones.
+    """
+    start = len(cache) if cache is not None else 0
+    x = embed(weights["tok_embeddings.weight"], token_ids)
+    freqs_cis = rope_freqs_cis(config, x.shape[0], start=start)
+    layers = range(config.n_layers)
+    if progress:
+        layers = progress_bar(layers, total=config.n_layers, desc="layers")
+    for i in layers:
+        x = transformer_layer(x, layer_weights(weights, i), config, freqs_cis, cache, i)
+    if last_only:
+        x = x[-1:]
+    x = rms_norm(x, weights["norm.weight"], config.norm_eps)
+    return (x @ weights["output.weight"].T).float()
+
+
+def top_k_tokens(logits: torch.Tensor, tokenizer, k: int = 5) -> list[tuple[int, str, float]]:
+    """[V] logits -> the k most likely (id, text, probability)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    top = torch.topk(probs, k)
+    return [(int(i), tokenizer.decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices)]
+
+
+# ---------------------------------------------------------------------------------------
+# The yardstick: Meta's reference implementation (llama_models.llama3.model)
+# ---------------------------------------------------------------------------------------
+
+
+def _init_model_parallel() -> None:
+    """fairscale model parallel of size 1 on CPU, as Meta's generation code sets it up."""
+    import tempfile
+
+    import fairscale.nn.model_parallel.initialize as fs_init
+
+    if not torch.distributed.is_initialized():
+        rendezvous = Path(tempfile.mkdtemp()) / "rendezvous"  # a file, not a network port
+        torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=0, world_size=1)
+    if not fs_init.model_parallel_is_initialized():
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints three status lines
+            fs_init.initialize_model_parallel(1)
+
+
+def meta_reference_logits(ck: Checkpoint, token_ids, dtype=torch.bfloat16) -> torch.Tensor:
+    """Float32 logits [T, V] from Meta's own Transformer on the same checkpoint.
+
+    Built in bfloat16, as Meta's generation code does on a GPU, so the two implementations
+    round at the same places. Needs `llama-models` and `fairscale`.
+    """
+    from llama_models.llama3.args import ModelArgs
+    from llama_models.llama3.model import Transformer
+
+    _init_model_parallel()
+    params = json.loads((ck.path / "params.json").read_text())
+    args = ModelArgs(max_seq_len=len(token_ids), max_batch_size=1, **params)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = Transformer(args)
+    finally:
+        torch.set_default_dtype(previous)
+    model.load_state_dict(ck.weights, strict=True)  # a tied output.weight is already filled in
+    with torch.inference_mode():
+        return model(torch.tensor([list(token_ids)]), start_pos=0)[0].float()

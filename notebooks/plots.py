@@ -1,0 +1,24 @@
+"""Figure helpers shared by the notebooks: each draws onto a matplotlib Axes it is given."""
+
+import matplotlib.pyplot as plt
+import torch
+
+
+def token_labels(texts: list[str]) -> list[str]:
+    """Token texts made visible as axis labels: spaces as '·', newlines as '\\n'."""
+    return [t.replace(" ", "·").replace("\n", "\\n") or "∅" for t in texts]
+
+
+def heatmap(ax, matrix: torch.Tensor, row_labels=None, col_labels=None, title="", cmap="viridis", colorbar=True):
+    """A [rows, cols] matrix with token labels; -inf cells (masked) are drawn blank."""
+    values = matrix.detach().float().clone()
+    values[torch.isinf(values)] = float("nan")
+    image = ax.imshow(values.numpy(), cmap=cmap, aspect="auto")
+    if row_labels is not None:
+        ax.set_yticks(range(len(row_labels)), token_labels(row_labels), fontsize=7)
+    if col_labels is not None:
+        ax.set_xticks(range(len(col_labels)), token_labels(col_labels), fontsize=7, rotation=90)
+    ax.set_title(title, fontsize=9)
+    if colorbar:
+        plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return image

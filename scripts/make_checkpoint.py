@@ -1,0 +1,86 @@
+"""Write a random checkpoint in Meta's original Llama 3 layout, at any shape.
+
+consolidated.00.pth (bfloat16, Meta's key names), params.json and the real tokenizer.model.
+Matrices are N(0, 1/fan_in) so activations stay finite through any number of layers; the
+embedding and output matrices get `--embedding-scale`, which makes the logits peaked, so
+that bfloat16 rounding cannot decide the top-1 token in a parity test.
+
+    python scripts/make_checkpoint.py OUT --preset gqa2 [--seed 0]
+    python scripts/make_checkpoint.py OUT --params '{"dim": 128, ...}'
+"""
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "notebooks"))
+import llama3  # noqa: E402
+from train_demo import reference_tokenizer_path  # noqa: E402
+
+LLAMA3_8B = {
+    "dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+    "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0,
+}  # fmt: skip
+
+# Small shapes for parity tests: 1, 2 and 4 query heads per key/value head, other rope_theta,
+# Llama 3.1's scaled RoPE, and a Llama 3.2-style tied output matrix.
+PRESETS = {
+    "8b": LLAMA3_8B,
+    "mha": dict(LLAMA3_8B, dim=64, n_layers=2, n_heads=4, n_kv_heads=4, multiple_of=32),
+    "gqa2": dict(LLAMA3_8B, dim=96, n_layers=3, n_heads=6, n_kv_heads=3, multiple_of=32, rope_theta=10000.0),
+    "gqa4": dict(LLAMA3_8B, dim=128, n_layers=2, n_heads=8, n_kv_heads=2, multiple_of=64),
+    "llama3.1": dict(LLAMA3_8B, dim=128, n_layers=2, n_heads=4, n_kv_heads=1, multiple_of=64, use_scaled_rope=True),
+    "llama3.2-tied": dict(
+        LLAMA3_8B, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=32, ffn_dim_multiplier=1.5,
+        use_scaled_rope=True,
+    ),
+}
+TIED_PRESETS = {"llama3.2-tied"}
+
+
+def random_weights(config: llama3.ModelConfig, seed: int, embedding_scale: float, tied: bool) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    weights = {}
+    for key, shape in llama3.expected_shapes(config, tied_output=tied).items():
+        if len(shape) == 1:  # norms: around 1
+            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif key in ("tok_embeddings.weight", "output.weight"):
+            t = embedding_scale * torch.randn(shape, generator=gen)
+        else:
+            t = torch.randn(shape, generator=gen) / shape[1] ** 0.5
+        weights[key] = t.to(torch.bfloat16)
+    return weights
+
+
+def write_checkpoint(out: Path, params: dict, seed: int = 0, embedding_scale: float = 1.0, tied: bool = False) -> Path:
+    config = llama3.ModelConfig.from_params(params)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(random_weights(config, seed, embedding_scale, tied), out / "consolidated.00.pth")
+    (out / "params.json").write_text(json.dumps(params))
+    shutil.copyfile(reference_tokenizer_path(), out / "tokenizer.model")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--preset", choices=sorted(PRESETS))
+    group.add_argument("--params", help="params.json contents as JSON")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embedding-scale", type=float, default=1.0)
+    parser.add_argument("--tied", action="store_true", help="omit output.weight (Llama 3.2 1B/3B)")
+    args = parser.parse_args()
+    params = PRESETS[args.preset] if args.preset else json.loads(args.params)
+    tied = args.tied or args.preset in TIED_PRESETS
+    write_checkpoint(args.out, params, args.seed, args.embedding_scale, tied)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

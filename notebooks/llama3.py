@@ -289,10 +289,13 @@ def named_shape(t: torch.Tensor, *names: str) -> str:
 
 def describe(ck: "Checkpoint") -> str:
     """One line naming the checkpoint a notebook runs on."""
-    kind = "the demo checkpoint (Llama 3 in miniature)" if ck.path == DEMO_DIR else "LLAMA3_DIR"
+    if ck.path == DEMO_DIR:  # a path relative to the repo, so stored outputs match on any machine
+        where = f"the demo checkpoint (Llama 3 in miniature): {DEMO_DIR.relative_to(REPO_DIR)}"
+    else:
+        where = f"LLAMA3_DIR: {ck.path}"
     c = ck.config
     return (
-        f"{kind}: {ck.path}\n"
+        f"{where}\n"
         f"dim={c.dim}, n_layers={c.n_layers}, n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads}, "
         f"head_dim={c.head_dim}, vocab_size={c.vocab_size}"
     )

@@ -659,18 +659,18 @@ def _init_model_parallel() -> None:
             fs_init.initialize_model_parallel(1)
 
 
-def meta_reference_logits(ck: Checkpoint, token_ids, dtype=torch.bfloat16) -> torch.Tensor:
-    """Float32 logits [T, V] from Meta's own Transformer on the same checkpoint.
+def meta_reference_model(ck: Checkpoint, max_seq_len: int, dtype=torch.bfloat16):
+    """Meta's own Transformer holding this checkpoint's weights. Needs `llama-models` and `fairscale`.
 
-    Built in bfloat16, as Meta's generation code does on a GPU, so the two implementations
-    round at the same places. Needs `llama-models` and `fairscale`.
+    Built in bfloat16, as Meta's generation code does on a GPU, so that both implementations
+    round at the same places.
     """
     from llama_models.llama3.args import ModelArgs
     from llama_models.llama3.model import Transformer
 
     _init_model_parallel()
     params = json.loads((ck.path / "params.json").read_text())
-    args = ModelArgs(max_seq_len=len(token_ids), max_batch_size=1, **params)
+    args = ModelArgs(max_seq_len=max_seq_len, max_batch_size=1, **params)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -678,5 +678,11 @@ def meta_reference_logits(ck: Checkpoint, token_ids, dtype=torch.bfloat16) -> to
     finally:
         torch.set_default_dtype(previous)
     model.load_state_dict(ck.weights, strict=True)  # a tied output.weight is already filled in
+    return model
+
+
+def meta_reference_logits(ck: Checkpoint, token_ids, dtype=torch.bfloat16) -> torch.Tensor:
+    """Float32 logits [T, V] from Meta's reference Transformer on the same checkpoint."""
+    model = meta_reference_model(ck, max_seq_len=len(token_ids), dtype=dtype)
     with torch.inference_mode():
         return model(torch.tensor([list(token_ids)]), start_pos=0)[0].float()

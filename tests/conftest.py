@@ -1,0 +1,47 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "notebooks"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import llama3  # noqa: E402
+import make_checkpoint  # noqa: E402
+
+# Random checkpoints for parity: other head ratios, rope_theta, Llama 3.1 scaling, tied output.
+# Embedding scale 4 makes their logits peaked, so bfloat16 rounding cannot decide the top-1.
+PARITY_PRESETS = ["mha", "gqa2", "gqa4", "llama3.1", "llama3.2-tied"]
+
+
+@pytest.fixture(scope="session")
+def demo():
+    if not (llama3.DEMO_DIR / "consolidated.00.pth").exists():
+        pytest.fail("the demo checkpoint is missing: run `make demo` (make test builds it)")
+    return llama3.load_checkpoint(llama3.DEMO_DIR)
+
+
+@pytest.fixture(scope="session")
+def random_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        name: make_checkpoint.write_checkpoint(
+            root / name,
+            make_checkpoint.PRESETS[name],
+            seed=index,
+            embedding_scale=4.0,
+            tied=name in make_checkpoint.TIED_PRESETS,
+        )
+        for index, name in enumerate(PARITY_PRESETS)
+    }
+
+
+@pytest.fixture(params=["demo"] + PARITY_PRESETS)
+def checkpoint(request, demo, random_checkpoints):
+    return demo if request.param == "demo" else llama3.load_checkpoint(random_checkpoints[request.param])
+
+
+@pytest.fixture
+def prompt_ids(checkpoint):
+    return llama3.encode_prompt(checkpoint.tokenizer, llama3.DEFAULT_PROMPT, checkpoint.config)

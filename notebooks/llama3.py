@@ -109,6 +109,22 @@ class ModelConfig:
         )
 
 
+def pick_device() -> tuple[torch.device, torch.dtype]:
+    """$LLAMA3_DEVICE, else CUDA, else Apple's MPS, else the CPU; bfloat16 where it is supported well."""
+    name = os.environ.get("LLAMA3_DEVICE")
+    if name is None:
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return device, torch.float16  # pre-Ampere GPUs
+    return device, torch.bfloat16
+
+
 def checkpoint_dir(path: str | os.PathLike | None = None) -> Path:
     """The checkpoint to read: `path`, else $LLAMA3_DIR, else the demo checkpoint."""
     if path is None:
@@ -248,9 +264,17 @@ class Checkpoint:
     weights: dict[str, torch.Tensor]
     tokenizer: "tiktoken.Encoding"  # noqa: F821
 
+    @property
+    def device(self) -> torch.device:
+        return self.weights["tok_embeddings.weight"].device
 
-def load_checkpoint(path: str | os.PathLike | None = None) -> Checkpoint:
-    """Checked, memory-mapped checkpoint: config, weights and tokenizer together."""
+
+def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.device | None = None) -> Checkpoint:
+    """Checked checkpoint: config, weights and tokenizer together.
+
+    On the CPU the weights stay memory-mapped bfloat16; on a GPU they are copied to it once.
+    `device` defaults to pick_device().
+    """
     ckpt_dir = checkpoint_dir(path)
     check_checkpoint_dir(ckpt_dir)
     config = read_params(ckpt_dir)
@@ -261,6 +285,10 @@ def load_checkpoint(path: str | os.PathLike | None = None) -> Checkpoint:
             f"{config.vocab_size}. Use the tokenizer.model that came with this checkpoint."
         )
     weights = load_weights(ckpt_dir, config)
+    device, dtype = pick_device() if device is None else (torch.device(device), torch.bfloat16)
+    if device.type != "cpu" or dtype != torch.bfloat16:
+        on_device = {}  # keep a tied output matrix shared
+        weights = {k: on_device.setdefault(v.data_ptr(), v.to(device, dtype)) for k, v in weights.items()}
     return Checkpoint(ckpt_dir, config, weights, tokenizer)
 
 
@@ -296,6 +324,7 @@ def describe(ck: "Checkpoint") -> str:
     c = ck.config
     return (
         f"{where}\n"
+        f"device: {ck.device.type}, weights {str(ck.weights['norm.weight'].dtype).removeprefix('torch.')}\n"
         f"dim={c.dim}, n_layers={c.n_layers}, n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads}, "
         f"head_dim={c.head_dim}, vocab_size={c.vocab_size}"
     )
@@ -402,7 +431,7 @@ def token_texts(tokenizer, token_ids) -> list[str]:
 
 def embed(tok_embeddings: torch.Tensor, token_ids) -> torch.Tensor:
     """[T] ids -> [T, D]: indexing reads only these rows of the memory-mapped table."""
-    return tok_embeddings[torch.as_tensor(token_ids)]
+    return tok_embeddings[torch.as_tensor(token_ids, device=tok_embeddings.device)]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -490,7 +519,7 @@ def rope_freqs_cis(config: ModelConfig, n_positions: int, start: int = 0) -> tor
 def apply_rope(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs (0,1), (2,3), ... of [..., T, d] by [T, d/2] (in float32)."""
     x_complex = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    rotated = torch.view_as_real(x_complex * freqs_cis).flatten(-2)
+    rotated = torch.view_as_real(x_complex * freqs_cis.to(x.device)).flatten(-2)
     return rotated.type_as(x)
 
 
@@ -510,7 +539,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """softmax(q k^T / sqrt(d) + mask) v for [..., Tq, d] queries and [..., Tk, d] keys/values."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if mask is not None:
-        scores = scores + mask.to(scores.dtype)
+        scores = scores + mask.to(scores)  # the scores' dtype and device
     weights = torch.softmax(scores.float(), dim=-1).type_as(q)
     return weights @ v
 
@@ -642,6 +671,12 @@ def top_k_tokens(logits: torch.Tensor, tokenizer, k: int = 5) -> list[tuple[int,
 # ---------------------------------------------------------------------------------------
 
 
+# Parity tolerance against Meta's reference: both round to bfloat16 at the same places and
+# agree to the bit here; a BLAS that sums in another order may flip the last bit of an
+# activation (1/128 relative), which layers carry on. Allow 2% of the largest |logit|.
+PARITY_REL_TOLERANCE = 0.02
+
+
 def _init_model_parallel() -> None:
     """fairscale model parallel of size 1 on CPU, as Meta's generation code sets it up."""
     import tempfile
@@ -677,7 +712,8 @@ def meta_reference_model(ck: Checkpoint, max_seq_len: int, dtype=torch.bfloat16)
         model = Transformer(args)
     finally:
         torch.set_default_dtype(previous)
-    model.load_state_dict(ck.weights, strict=True)  # a tied output.weight is already filled in
+    # assign: the parameters become the memory-mapped tensors themselves, not copies of them.
+    model.load_state_dict(ck.weights, strict=True, assign=True)
     return model
 
 

@@ -11,6 +11,7 @@ that bfloat16 rounding cannot decide the top-1 token in a parity test.
 
 import argparse
 import json
+import mmap
 import shutil
 import sys
 from pathlib import Path
@@ -43,24 +44,44 @@ PRESETS = {
 TIED_PRESETS = {"llama3.2-tied"}
 
 
-def random_weights(config: llama3.ModelConfig, seed: int, embedding_scale: float, tied: bool) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    weights = {}
-    for key, shape in llama3.expected_shapes(config, tied_output=tied).items():
-        if len(shape) == 1:  # norms: around 1
-            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        elif key in ("tok_embeddings.weight", "output.weight"):
-            t = embedding_scale * torch.randn(shape, generator=gen)
-        else:
-            t = torch.randn(shape, generator=gen) / shape[1] ** 0.5
-        weights[key] = t.to(torch.bfloat16)
-    return weights
+CHUNK_ELEMENTS = 1 << 25  # generate 32M values at a time: bounded memory at any size
 
 
-def write_checkpoint(out: Path, params: dict, seed: int = 0, embedding_scale: float = 1.0, tied: bool = False) -> Path:
+def fill_random(t: torch.Tensor, key: str, gen: torch.Generator, embedding_scale: float) -> None:
+    """Fill a [rows, ...] tensor in place, a block of rows at a time."""
+    if t.dim() == 1:  # norms: around 1
+        t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=gen))
+        return
+    if key in ("tok_embeddings.weight", "output.weight"):
+        scale = embedding_scale
+    else:
+        scale = 1.0 / t.shape[1] ** 0.5  # N(0, 1/fan_in): activations stay finite through the layers
+    rows = max(1, CHUNK_ELEMENTS // t.shape[1])
+    for start in range(0, t.shape[0], rows):
+        block = t[start : start + rows]
+        block.copy_(torch.randn(block.shape, generator=gen) * scale)
+
+
+def write_checkpoint(
+    out: Path, params: dict, seed: int = 0, embedding_scale: float = 1.0, tied: bool = False, progress: bool = False
+) -> Path:
+    """Write the file's layout first with empty space for the data, then fill it through a shared mmap,
+    so that memory stays small even for 16 GB of weights."""
     config = llama3.ModelConfig.from_params(params)
+    shapes = llama3.expected_shapes(config, tied_output=tied)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(random_weights(config, seed, embedding_scale, tied), out / "consolidated.00.pth")
+    path = out / "consolidated.00.pth"
+    layout = {key: torch.empty(shape, dtype=torch.bfloat16) for key, shape in shapes.items()}  # never touched
+    with torch.serialization.skip_data():
+        torch.save(layout, path)
+    del layout
+    with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED):
+        weights = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    gen = torch.Generator().manual_seed(seed)
+    items = list(weights.items())
+    for key, tensor in llama3.progress_bar(items, total=len(items), desc="tensors") if progress else items:
+        fill_random(tensor, key, gen, embedding_scale)
+    del weights
     (out / "params.json").write_text(json.dumps(params))
     shutil.copyfile(reference_tokenizer_path(), out / "tokenizer.model")
     return out
@@ -78,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     params = PRESETS[args.preset] if args.preset else json.loads(args.params)
     tied = args.tied or args.preset in TIED_PRESETS
-    write_checkpoint(args.out, params, args.seed, args.embedding_scale, tied)
+    write_checkpoint(args.out, params, args.seed, args.embedding_scale, tied, progress=True)
     print(f"wrote {args.out}")
 
 

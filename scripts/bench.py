@@ -1,0 +1,279 @@
+"""Benchmark: the walkthrough's path at full size against the usual approach and the machine's floor.
+
+Each approach runs in a fresh process so that its peak memory is its own:
+- ours (warm / cold page cache): load_checkpoint (memory-mapped) + the forward pass that
+  notebook 09 runs, through the module's functions;
+- baseline: the way the usual from-scratch notebooks do it, written for this benchmark:
+  the whole checkpoint torch.load-ed into RAM, then per-head Python loops;
+- floor: the best bfloat16 matmul rate torch reaches here (over the shapes the model uses
+  and a large square one), giving 2 * parameters * tokens / rate; and the disk's read
+  throughput for the checkpoint file.
+
+    python scripts/bench.py [--model-dir build/llama3-8b-synthetic]
+
+Prints a markdown table and writes build/bench.json and build/bench.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "notebooks"))
+import llama3  # noqa: E402
+
+BUILD = HERE.parent / "build"
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+def status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class PeakMemory:
+    """Peak anonymous memory by polling (Linux keeps no high-water mark for it); peak total from VmHWM."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.peak_anon_kb, self._stop = interval, 0, threading.Event()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak_anon_kb = max(self.peak_anon_kb, status_kb("RssAnon"))
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_anon_kb = max(self.peak_anon_kb, status_kb("RssAnon"))
+        self.peak_total_kb = status_kb("VmHWM")
+
+
+def disk_read_bytes() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def evict_from_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_whole_file(path: Path) -> float:
+    """Seconds to read the file sequentially."""
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        buffer = bytearray(64 << 20)
+        while f.readinto(buffer):
+            pass
+    return time.perf_counter() - started
+
+
+# --- the approaches (each runs in its own process) -----------------------------------------
+
+
+def run_ours(model_dir: Path) -> dict:
+    read_before = disk_read_bytes()
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        ck = llama3.load_checkpoint(model_dir, device="cpu")
+        token_ids = llama3.encode_prompt(ck.tokenizer, llama3.DEFAULT_PROMPT, ck.config)
+        forward_started = time.perf_counter()
+        logits = llama3.forward(ck.weights, ck.config, token_ids)
+        ended = time.perf_counter()
+    return {
+        "seconds": ended - started,
+        "forward_seconds": ended - forward_started,
+        "peak_anon_gb": memory.peak_anon_kb / 2**20,
+        "peak_total_gb": memory.peak_total_kb / 2**20,
+        "disk_read_gb": (disk_read_bytes() - read_before) / 2**30,
+        "top1": int(logits[-1].argmax()),
+    }
+
+
+def naive_forward(weights: dict, config: llama3.ModelConfig, token_ids: list[int]) -> torch.Tensor:
+    """The usual notebook's forward: every head in a Python loop, weights sliced per head."""
+    n = len(token_ids)
+    x = weights["tok_embeddings.weight"][torch.tensor(token_ids)]
+    freqs_cis = llama3.rope_freqs_cis(config, n)
+    mask = torch.triu(torch.full((n, n), float("-inf")), diagonal=1)
+    for layer in range(config.n_layers):
+        p = f"layers.{layer}."
+        x_normed = llama3.rms_norm(x, weights[p + "attention_norm.weight"], config.norm_eps)
+        wq = weights[p + "attention.wq.weight"].view(config.n_heads, config.head_dim, config.dim)
+        wk = weights[p + "attention.wk.weight"].view(config.n_kv_heads, config.head_dim, config.dim)
+        wv = weights[p + "attention.wv.weight"].view(config.n_kv_heads, config.head_dim, config.dim)
+        head_outputs = []
+        for head in range(config.n_heads):
+            kv_head = head // config.queries_per_kv_head
+            q = llama3.apply_rope(x_normed @ wq[head].T, freqs_cis)
+            k = llama3.apply_rope(x_normed @ wk[kv_head].T, freqs_cis)
+            v = x_normed @ wv[kv_head].T
+            scores = (q @ k.T).float() / config.head_dim**0.5 + mask
+            head_outputs.append(torch.softmax(scores, dim=-1).to(v.dtype) @ v)
+        x = x + torch.cat(head_outputs, dim=-1) @ weights[p + "attention.wo.weight"].T
+        h = llama3.rms_norm(x, weights[p + "ffn_norm.weight"], config.norm_eps)
+        gate = torch.nn.functional.silu(h @ weights[p + "feed_forward.w1.weight"].T)
+        x = x + (gate * (h @ weights[p + "feed_forward.w3.weight"].T)) @ weights[p + "feed_forward.w2.weight"].T
+    x = llama3.rms_norm(x, weights["norm.weight"], config.norm_eps)
+    return (x @ weights["output.weight"].T).float()
+
+
+def run_baseline(model_dir: Path) -> dict:
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        config = llama3.read_params(model_dir)
+        weights = torch.load(model_dir / "consolidated.00.pth", map_location="cpu", weights_only=True)  # all in RAM
+        tokenizer = llama3.load_tokenizer(model_dir / "tokenizer.model")
+        token_ids = llama3.encode_prompt(tokenizer, llama3.DEFAULT_PROMPT, config)
+        forward_started = time.perf_counter()
+        logits = naive_forward(weights, config, token_ids)
+        ended = time.perf_counter()
+    return {
+        "seconds": ended - started,
+        "forward_seconds": ended - forward_started,
+        "peak_anon_gb": memory.peak_anon_kb / 2**20,
+        "peak_total_gb": memory.peak_total_kb / 2**20,
+        "top1": int(logits[-1].argmax()),
+    }
+
+
+def matmul_rate(m: int, k: int, n: int, dtype=torch.bfloat16, seconds: float = 1.0) -> float:
+    a, b = torch.randn(m, k).to(dtype), torch.randn(n, k).to(dtype)
+    a @ b.T  # warm-up
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b.T
+        count += 1
+    return 2 * m * k * n * count / (time.perf_counter() - started)
+
+
+def run_floor(model_dir: Path) -> dict:
+    config = llama3.read_params(model_dir)
+    tokens = len(llama3.encode_prompt(llama3.load_tokenizer(model_dir / "tokenizer.model"), llama3.DEFAULT_PROMPT, config))
+    D, F, kv = config.dim, config.ffn_hidden_dim, config.n_kv_heads * config.head_dim
+    shapes = {"square 4096": (4096, 4096, 4096), "wq/wo": (tokens, D, D), "wk/wv": (tokens, D, kv),
+              "w1/w3": (tokens, D, F), "w2": (tokens, F, D)}  # fmt: skip
+    rates = {name: matmul_rate(*shape) for name, shape in shapes.items()}
+    path = model_dir / "consolidated.00.pth"
+    evict_from_page_cache(path)
+    cold_read = read_whole_file(path)
+    n_params = llama3.count_parameters(llama3.load_weights(model_dir, config))
+    best = max(rates.values())
+    return {
+        "matmul_gflops": {k: v / 1e9 for k, v in rates.items()},
+        "best_gflops": best / 1e9,
+        "parameters": n_params,
+        "tokens": tokens,
+        "compute_floor_seconds": 2 * n_params * tokens / best,
+        "read_gb_per_s": path.stat().st_size / 2**30 / cold_read,
+        "cold_read_seconds": cold_read,
+    }
+
+
+APPROACHES = {"ours": run_ours, "baseline": run_baseline, "floor": run_floor}
+
+
+def in_subprocess(approach: str, model_dir: Path, cold: bool = False) -> dict:
+    path = model_dir / "consolidated.00.pth"
+    if cold:
+        evict_from_page_cache(path)
+    else:
+        read_whole_file(path)  # warm the page cache
+    out = subprocess.run(
+        [sys.executable, __file__, "--model-dir", str(model_dir), "--approach", approach],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=BUILD / "llama3-8b-synthetic")
+    parser.add_argument("--approach", choices=sorted(APPROACHES), help=argparse.SUPPRESS)
+    parser.add_argument("--skip-baseline", action="store_true", help="skip the 16 GB in-RAM baseline")
+    args = parser.parse_args()
+    try:
+        llama3.check_checkpoint_dir(args.model_dir)
+    except llama3.CheckpointError as e:
+        sys.exit(f"error: {e}\nBuild the synthetic 8B checkpoint with `make synthetic-8b`.")
+    if args.approach:
+        print(json.dumps(APPROACHES[args.approach](args.model_dir)))
+        return
+
+    print(f"benchmarking {args.model_dir} ...", flush=True)
+    floor = in_subprocess("floor", args.model_dir)
+    warm = in_subprocess("ours", args.model_dir)
+    cold = in_subprocess("ours", args.model_dir, cold=True)
+    baseline = None if args.skip_baseline else in_subprocess("baseline", args.model_dir)
+
+    size_gb = (args.model_dir / "consolidated.00.pth").stat().st_size / 2**30
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, torch {torch.__version__}"
+    rows = [
+        ("ours, warm page cache", warm),
+        ("ours, cold page cache", cold),
+        ("baseline: all in RAM, per-head loops", baseline),
+    ]
+    lines = [
+        f"Machine: {machine}. Checkpoint: {args.model_dir.name} ({size_gb:.1f} GiB, {floor['parameters'] / 1e9:.2f}e9 parameters), "
+        f"{floor['tokens']} prompt tokens.",
+        "",
+        "| approach | wall s (load + forward) | forward s | peak anon GiB | peak total GiB | top-1 | ours/baseline (wall) | forward/floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows:
+        if r is None:
+            continue
+        vs_baseline = f"{warm['seconds'] / r['seconds']:.2f}" if name.startswith("baseline") else ""
+        if name.startswith("ours") and baseline:
+            vs_baseline = f"{r['seconds'] / baseline['seconds']:.2f}"
+        lines.append(
+            f"| {name} | {r['seconds']:.2f} | {r['forward_seconds']:.2f} | {r['peak_anon_gb']:.2f} | "
+            f"{r['peak_total_gb']:.2f} | {r['top1']} | {vs_baseline} | {r['forward_seconds'] / floor['compute_floor_seconds']:.2f} |"
+        )
+    lines.append(
+        f"| floor: compute, 2 x params x tokens at {floor['best_gflops']:.0f} GFLOP/s bf16 | | "
+        f"{floor['compute_floor_seconds']:.2f} | | | | | 1.00 |"
+    )
+    lines.append(
+        f"| floor: reading the file once at {floor['read_gb_per_s']:.2f} GiB/s | {floor['cold_read_seconds']:.2f} | | | | | | |"
+    )
+    lines += [
+        "",
+        "bf16 matmul GFLOP/s by shape: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in floor["matmul_gflops"].items())
+        + f". Cold run read {cold.get('disk_read_gb', 0):.1f} GiB from disk for a {size_gb:.1f} GiB file.",
+    ]
+    table = "\n".join(lines)
+    print("\n" + table)
+    BUILD.mkdir(exist_ok=True)
+    (BUILD / "bench.md").write_text(table + "\n")
+    report = {"machine": machine, "floor": floor, "ours_warm": warm, "ours_cold": cold, "baseline": baseline}
+    (BUILD / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -51,7 +51,11 @@ def execute(path: Path, capture_summary: bool) -> tuple[nbformat.NotebookNode, d
             client.execute_cell(cell, index)
         if capture_summary:
             probe = nbformat.v4.new_code_cell(SUMMARY_CODE)
-            client.execute_cell(probe, len(nb.cells), store_history=False)
+            nb.cells.append(probe)  # nbclient writes outputs back into nb.cells[index]
+            try:
+                client.execute_cell(probe, len(nb.cells) - 1, store_history=False)
+            finally:
+                nb.cells.pop()  # not part of the saved notebook
             text = "".join(o.get("text", "") for o in probe.outputs if o.get("name") == "stdout")
             summary = json.loads(text)
     return nb, summary

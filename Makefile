@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 DEMO := build/llama3-demo/consolidated.00.pth
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup run test lab demo clean synthetic-8b bench test-8b
+.PHONY: setup run test test-ui lab demo clean synthetic-8b bench test-8b
 
 setup: $(INSTALLED) $(DEMO)
 
@@ -36,6 +36,13 @@ run: setup
 test: setup
 	env -u LLAMA3_DIR -u LLAMA3_PROMPT -u LLAMA3_DEVICE $(PY) -m pytest tests $(NOTEBOOKS) \
 		--ignore=tests/full_scale --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+# The attention explorer (notebook 10) in a real browser: JupyterLab on 127.0.0.1 with this
+# project's kernel, Debian's Chromium (installed here if missing; Playwright cannot download
+# browsers on these machines) driven by Playwright. Screenshots go to build/ui/.
+test-ui: setup
+	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	env -u LLAMA3_DIR -u LLAMA3_PROMPT LLAMA3_TEST_UI=1 $(PY) -m pytest tests/ui -v
 
 lab: setup
 	cd notebooks && ../$(VENV)/bin/jupyter lab

@@ -667,6 +667,70 @@ def top_k_tokens(logits: torch.Tensor, tokenizer, k: int = 5) -> list[tuple[int,
 
 
 # ---------------------------------------------------------------------------------------
+# 10 The attention explorer
+# ---------------------------------------------------------------------------------------
+
+
+def attention_weights(
+    x_normed: torch.Tensor, lw: LayerWeights, config: ModelConfig, freqs_cis: torch.Tensor
+) -> torch.Tensor:
+    """[T, D] -> [H, T, T] float32: every head's softmax rows, computed as `attention` computes them.
+
+    `attend` rounds these float32 probabilities to the weights' dtype before multiplying the values.
+    """
+    q = apply_rope(project_heads(x_normed, lw.wq, config.n_heads), freqs_cis)  # [H, T, d]
+    k = apply_rope(project_heads(x_normed, lw.wk, config.n_kv_heads), freqs_cis)  # [K, T, d]
+    k = k.repeat_interleave(config.queries_per_kv_head, dim=0)  # [H, T, d]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if q.shape[1] > 1:
+        scores = scores + causal_mask(q.shape[1], k.shape[1]).to(scores.dtype)
+    return torch.softmax(scores.float(), dim=-1)
+
+
+@dataclass
+class LayerTrace:
+    """What every layer did to a prompt: kept small (no weights), about 1 MB for 8B and 17 tokens."""
+
+    residuals: list[torch.Tensor]  # n_layers + 1 streams [T, D]: the embeddings, then after each layer
+    attention: list[torch.Tensor]  # n_layers tensors [H, T, T] float32: attention_weights per layer
+
+
+def trace_layers(
+    weights: dict[str, torch.Tensor], config: ModelConfig, token_ids, progress: bool = False
+) -> LayerTrace:
+    """Run `forward`'s layers on the prompt, keeping each layer's attention weights and output stream."""
+    x = embed(weights["tok_embeddings.weight"], token_ids)
+    freqs_cis = rope_freqs_cis(config, x.shape[0])
+    residuals, attention_per_layer = [x], []
+    layers = range(config.n_layers)
+    if progress:
+        layers = progress_bar(layers, total=config.n_layers, desc="layers")
+    for i in layers:
+        lw = layer_weights(weights, i)
+        x_normed = rms_norm(x, lw.attention_norm, config.norm_eps)
+        attention_per_layer.append(attention_weights(x_normed, lw, config, freqs_cis))
+        x = transformer_layer(x, lw, config, freqs_cis)  # the very call forward makes
+        residuals.append(x)
+    return LayerTrace(residuals, attention_per_layer)
+
+
+# ---------------------------------------------------------------------------------------
+# 11 The logit lens
+# ---------------------------------------------------------------------------------------
+
+
+def logit_lens(residual: torch.Tensor, weights: dict[str, torch.Tensor], config: ModelConfig) -> torch.Tensor:
+    """[T, D] residual stream after any layer -> float32 logits [T, V], through forward's final norm and output."""
+    x = rms_norm(residual, weights["norm.weight"], config.norm_eps)
+    return (x @ weights["output.weight"].T).float()
+
+
+def token_rank(logits: torch.Tensor, token_id: int) -> torch.Tensor:
+    """[..., V] logits -> [...] rank of token_id: 1 when it scores highest, 1 + the number scoring higher."""
+    return 1 + (logits > logits[..., token_id, None]).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------
 # The yardstick: Meta's reference implementation (llama_models.llama3.model)
 # ---------------------------------------------------------------------------------------
 

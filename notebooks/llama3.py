@@ -731,6 +731,160 @@ def token_rank(logits: torch.Tensor, token_id: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------
+# 12 Generation with a KV cache
+# ---------------------------------------------------------------------------------------
+
+# The tokens that end a generation, as Meta's Tokenizer.stop_tokens lists them.
+STOP_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    return [tokenizer.encode_single_token(name) for name in STOP_TOKENS]
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """[V] probabilities -> the same, zero outside the smallest set (most likely first) whose mass
+    reaches top_p, renormalised. Meta keeps one more token when the mass before it equals top_p exactly."""
+    if top_p >= 1.0:
+        return probs
+    # Sorting all of the vocabulary is slow; the nucleus is nearly always among the few most likely.
+    k = min(64, probs.shape[-1])
+    while True:
+        probs_sorted, order = torch.topk(probs, k)  # the k most likely, most likely first
+        if probs_sorted.sum() >= top_p or k == probs.shape[-1]:
+            break
+        k = min(8 * k, probs.shape[-1])
+    mass_before = torch.cumsum(probs_sorted, dim=-1) - probs_sorted
+    probs_sorted = probs_sorted.masked_fill(mass_before >= top_p, 0.0)
+    kept = torch.zeros_like(probs).scatter(-1, order, probs_sorted)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def sample_next_token(
+    logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None
+) -> int:
+    """[V] logits -> one token id: the argmax at temperature 0, else a draw from the top-p nucleus
+    of softmax(logits / temperature) (in float32)."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = top_p_filter(torch.softmax(logits.float() / temperature, dim=-1), top_p)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]  # the new tokens, a stop token included
+    stop_reason: str  # "stop token", "max_new_tokens" or "context length"
+    step_logits: list[torch.Tensor]  # [V] float32 logits that chose each new token
+
+
+def generate(
+    weights: dict[str, torch.Tensor],
+    config: ModelConfig,
+    prompt_ids,
+    max_new_tokens: int,
+    stop_ids=(),
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Generation:
+    """Continue prompt_ids one token at a time until a stop token, max_new_tokens or the context length.
+
+    use_cache=False runs the whole sequence again at every step; use_cache=True runs the prompt
+    once and then only the newest token, reading earlier keys and values from a KVCache.
+    """
+    cache = KVCache(config.n_layers) if use_cache else None
+    sequence, new, step_logits = list(prompt_ids), [], []
+    pending = list(prompt_ids)  # what the next forward pass must read
+    while True:
+        if len(new) >= max_new_tokens:
+            return Generation(new, "max_new_tokens", step_logits)
+        if len(sequence) >= config.context_length:
+            return Generation(new, "context length", step_logits)
+        logits = forward(weights, config, pending if use_cache else sequence, cache=cache, last_only=True)[-1]
+        token = sample_next_token(logits, temperature, top_p, generator)
+        sequence.append(token)
+        new.append(token)
+        step_logits.append(logits)
+        pending = [token]
+        if token in stop_ids:
+            return Generation(new, "stop token", step_logits)
+
+
+# ---------------------------------------------------------------------------------------
+# 13 Chat
+# ---------------------------------------------------------------------------------------
+
+
+def encode_header(tokenizer, role: str) -> list[int]:
+    """<|start_header_id|>role<|end_header_id|> and a blank line; Meta writes the tool role as ipython."""
+    return (
+        [tokenizer.encode_single_token("<|start_header_id|>")]
+        + tokenizer.encode("ipython" if role == "tool" else role, disallowed_special=())
+        + [tokenizer.encode_single_token("<|end_header_id|>")]
+        + tokenizer.encode("\n\n", disallowed_special=())
+    )
+
+
+def encode_message(tokenizer, message: dict) -> list[int]:
+    """One turn: header, the content as plain text (special-token names in it are not special), <|eot_id|>."""
+    return (
+        encode_header(tokenizer, message["role"])
+        + tokenizer.encode(message["content"], disallowed_special=())
+        + [tokenizer.encode_single_token("<|eot_id|>")]
+    )
+
+
+def encode_dialog(tokenizer, messages: list[dict]) -> list[int]:
+    """Meta-Llama-3-Instruct's prompt: <|begin_of_text|>, every turn, then an open assistant header
+    for the model to complete. messages: [{"role": "system" | "user" | "assistant", "content": str}]."""
+    token_ids = [tokenizer.encode_single_token("<|begin_of_text|>")]
+    for message in messages:
+        token_ids += encode_message(tokenizer, message)
+    return token_ids + encode_header(tokenizer, "assistant")
+
+
+# ---------------------------------------------------------------------------------------
+# 14 The Llama 3 family
+# ---------------------------------------------------------------------------------------
+
+# params.json of the text models this walkthrough runs, as Meta's `llama_models.sku_list` gives them.
+FAMILY_PARAMS = {
+    "Llama 3 8B": {
+        "dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+        "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0,
+        "use_scaled_rope": False,
+    },
+    "Llama 3.1 8B": {
+        "dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+        "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0,
+        "use_scaled_rope": True,
+    },
+    "Llama 3.2 1B": {
+        "dim": 2048, "n_layers": 16, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+        "multiple_of": 256, "ffn_dim_multiplier": 1.5, "norm_eps": 1e-05, "rope_theta": 500000.0,
+        "use_scaled_rope": True,
+    },
+    "Llama 3.2 3B": {
+        "dim": 3072, "n_layers": 28, "n_heads": 24, "n_kv_heads": 8, "vocab_size": 128256,
+        "multiple_of": 256, "ffn_dim_multiplier": 1.0, "norm_eps": 1e-05, "rope_theta": 500000.0,
+        "use_scaled_rope": True,
+    },
+}  # fmt: skip
+
+
+def output_is_tied(weights: dict[str, torch.Tensor]) -> bool:
+    """True when the output matrix is the embedding table itself (Llama 3.2 1B/3B files without output.weight)."""
+    return weights["output.weight"].data_ptr() == weights["tok_embeddings.weight"].data_ptr()
+
+
+def parameter_count(config: ModelConfig, tied_output: bool = False) -> int:
+    """Parameters a checkpoint of this config holds, from the shapes alone (a tied output counts once)."""
+    return sum(math.prod(s) for s in expected_shapes(config, tied_output=tied_output).values())
+
+
+# ---------------------------------------------------------------------------------------
 # The yardstick: Meta's reference implementation (llama_models.llama3.model)
 # ---------------------------------------------------------------------------------------
 

@@ -41,7 +41,25 @@ PRESETS = {
         use_scaled_rope=True,
     ),
 }
-TIED_PRESETS = {"llama3.2-tied"}
+
+# The family at full size (params from Meta's llama_models.sku_list, via llama3.FAMILY_PARAMS),
+# for users who want a random checkpoint of a real shape: several GB each.
+PRESETS |= {
+    "llama3.1-8b": llama3.FAMILY_PARAMS["Llama 3.1 8B"],
+    "llama3.2-1b": llama3.FAMILY_PARAMS["Llama 3.2 1B"],
+    "llama3.2-3b": llama3.FAMILY_PARAMS["Llama 3.2 3B"],
+}
+# Llama 3.2 in miniature for tests: 1B has 4 query heads per key/value head and FFN multiplier
+# 1.5, 3B has 3 per key/value head and multiplier 1.0; both scaled RoPE and a tied output.
+PRESETS |= {
+    "llama3.2-1b-mini": dict(
+        llama3.FAMILY_PARAMS["Llama 3.2 1B"], dim=128, n_layers=2, n_heads=8, n_kv_heads=2, multiple_of=32
+    ),
+    "llama3.2-3b-mini": dict(
+        llama3.FAMILY_PARAMS["Llama 3.2 3B"], dim=96, n_layers=2, n_heads=6, n_kv_heads=2, multiple_of=32
+    ),
+}
+TIED_PRESETS = {"llama3.2-tied", "llama3.2-1b", "llama3.2-3b", "llama3.2-1b-mini", "llama3.2-3b-mini"}
 
 
 CHUNK_ELEMENTS = 1 << 25  # generate 32M values at a time: bounded memory at any size

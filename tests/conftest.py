@@ -12,7 +12,8 @@ import make_checkpoint  # noqa: E402
 
 # Random checkpoints for parity: other head ratios, rope_theta, Llama 3.1 scaling, tied output.
 # Embedding scale 4 makes their logits peaked, so bfloat16 rounding cannot decide the top-1.
-PARITY_PRESETS = ["mha", "gqa2", "gqa4", "llama3.1", "llama3.2-tied"]
+# Llama 3.2 1B and 3B in miniature: their head ratios and FFN multipliers, scaled RoPE, tied output.
+PARITY_PRESETS = ["mha", "gqa2", "gqa4", "llama3.1", "llama3.2-tied", "llama3.2-1b-mini", "llama3.2-3b-mini"]
 
 
 @pytest.fixture(scope="session")

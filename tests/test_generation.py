@@ -1,0 +1,151 @@
+"""Generation (notebook 12): the KV cache changes the cost, never the tokens; sampling is seeded.
+
+Cached and uncached logits are compared with test_parity's tolerance: a one-row matmul may
+sum in another order than the same row inside a [T, D] matmul on some BLAS builds.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+from test_parity import assert_logits_match
+
+import llama3
+
+
+def test_cached_and_uncached_agree_at_every_step(checkpoint, prompt_ids):
+    c = checkpoint.config
+    naive = llama3.generate(checkpoint.weights, c, prompt_ids, max_new_tokens=6, use_cache=False)
+    cached = llama3.generate(checkpoint.weights, c, prompt_ids, max_new_tokens=6, use_cache=True)
+    assert naive.token_ids == cached.token_ids
+    assert len(naive.step_logits) == len(cached.step_logits) == 6
+    for a, b in zip(naive.step_logits, cached.step_logits):
+        assert_logits_match(b[None], a[None])
+
+
+def test_each_step_is_the_plain_forward_of_the_sequence_so_far(demo):
+    c = demo.config
+    prompt_ids = llama3.encode_prompt(demo.tokenizer, "a transformer reads", c)
+    g = llama3.generate(demo.weights, c, prompt_ids, max_new_tokens=5)
+    for step, logits in enumerate(g.step_logits):
+        full = llama3.forward(demo.weights, c, prompt_ids + g.token_ids[:step])[-1]
+        assert_logits_match(logits[None], full[None])
+        assert g.token_ids[step] == int(full.argmax())
+
+
+def test_cache_grows_by_one_position_per_token(demo):
+    c = demo.config
+    prompt_ids = llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, c)
+    cache = llama3.KVCache(c.n_layers)
+    llama3.forward(demo.weights, c, prompt_ids, cache=cache, last_only=True)
+    for extra in range(1, 4):
+        llama3.forward(demo.weights, c, [220], cache=cache, last_only=True)
+        assert len(cache) == len(prompt_ids) + extra
+        for layer in range(c.n_layers):
+            assert cache.keys[layer].shape == (c.n_kv_heads, len(prompt_ids) + extra, c.head_dim)
+            assert cache.values[layer].shape == cache.keys[layer].shape
+
+
+def test_demo_answers_42_then_stops_at_end_of_text(demo):
+    stops = llama3.stop_token_ids(demo.tokenizer)
+    prompt_ids = llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
+    g = llama3.generate(demo.weights, demo.config, prompt_ids, max_new_tokens=20, stop_ids=stops)
+    assert demo.tokenizer.decode(g.token_ids) == "42<|end_of_text|>"
+    assert g.stop_reason == "stop token"
+
+
+def test_demo_recites_a_training_line(demo):
+    stops = llama3.stop_token_ids(demo.tokenizer)
+    prompt_ids = llama3.encode_prompt(demo.tokenizer, "a transformer reads", demo.config)
+    g = llama3.generate(demo.weights, demo.config, prompt_ids, max_new_tokens=40, stop_ids=stops)
+    text = demo.tokenizer.decode(g.token_ids)
+    assert text == " its prompt one token at a time and predicts the next token.<|end_of_text|>"
+
+
+def test_stops_at_the_length_limit(demo):
+    prompt_ids = llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
+    g = llama3.generate(demo.weights, demo.config, prompt_ids, max_new_tokens=3)  # no stop tokens
+    assert len(g.token_ids) == 3 and g.stop_reason == "max_new_tokens"
+    g = llama3.generate(demo.weights, demo.config, prompt_ids, max_new_tokens=0)
+    assert g.token_ids == [] and g.stop_reason == "max_new_tokens"
+
+
+def test_stops_at_the_context_length(demo):
+    @dataclasses.dataclass(frozen=True)
+    class ShortContext(llama3.ModelConfig):
+        context_length = 20  # a class attribute in place of the property
+
+    short = ShortContext(**dataclasses.asdict(demo.config))
+    prompt_ids = llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
+    for use_cache in (False, True):
+        g = llama3.generate(demo.weights, short, prompt_ids, max_new_tokens=10, use_cache=use_cache)
+        assert len(prompt_ids) + len(g.token_ids) == 20 and g.stop_reason == "context length"
+
+
+def test_stop_token_ids_are_metas():
+    from llama_models.llama3.tokenizer import Tokenizer
+
+    meta = Tokenizer.get_instance()
+    ours = llama3.load_tokenizer(llama3.DEMO_DIR / "tokenizer.model")
+    assert llama3.stop_token_ids(ours) == meta.stop_tokens
+
+
+def test_temperature_zero_is_the_argmax():
+    logits = torch.tensor([0.1, 2.0, -1.0, 1.9])
+    assert llama3.sample_next_token(logits) == 1
+    assert llama3.sample_next_token(logits, temperature=0.0, top_p=0.1) == 1
+
+
+def draws(logits, seed, n=30, temperature=1.0, top_p=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return [llama3.sample_next_token(logits, temperature, top_p, gen) for _ in range(n)]
+
+
+def test_sampling_is_deterministic_with_a_seed():
+    logits = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    assert draws(logits, seed=7) == draws(logits, seed=7)
+    assert draws(logits, seed=7) != draws(logits, seed=8)
+    assert len(set(draws(logits, seed=7, temperature=2.0))) > 1
+
+
+def test_generation_with_a_seed_is_reproducible(demo):
+    prompt_ids = llama3.encode_prompt(demo.tokenizer, "hello world", demo.config)
+
+    def run(seed, use_cache):
+        gen = torch.Generator().manual_seed(seed)
+        return llama3.generate(
+            demo.weights, demo.config, prompt_ids, 8, temperature=1.5, top_p=0.95, generator=gen, use_cache=use_cache
+        ).token_ids
+
+    assert run(0, True) == run(0, True) == run(0, False)
+
+
+@pytest.mark.parametrize(
+    "top_p, kept",
+    [(0.5, {0}), (0.6, {0, 1}), (0.75, {0, 1}), (0.76, {0, 1, 2}), (0.9375, {0, 1, 2}), (0.94, {0, 1, 2, 3})],
+)
+def test_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
+    # Exact binary fractions, shuffled: tokens 0..3 have 8/16, 4/16, 3/16 and 1/16.
+    order = torch.tensor([3, 0, 2, 1])
+    probs = torch.tensor([0.5, 0.25, 0.1875, 0.0625])[order]
+    filtered = llama3.top_p_filter(probs, top_p)
+    assert {int(order[i]) for i in torch.nonzero(filtered).flatten()} == kept
+    assert torch.allclose(filtered.sum(), torch.tensor(1.0))
+    expected = probs * torch.tensor([float(int(t) in kept) for t in order])
+    assert torch.allclose(filtered, expected / expected.sum())
+
+
+def test_top_p_on_random_distributions():
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        probs = torch.softmax(3 * torch.randn(200, generator=gen), dim=-1)
+        top_p = float(torch.rand(1, generator=gen))
+        n_kept = int((llama3.top_p_filter(probs, top_p) > 0).sum())
+        top = torch.sort(probs, descending=True).values
+        assert top[:n_kept].sum() >= top_p  # enough mass
+        assert n_kept == 1 or top[: n_kept - 1].sum() < top_p  # and no token more than needed
+
+
+def test_samples_come_only_from_the_nucleus():
+    probs = torch.tensor([0.5, 0.25, 0.1875, 0.0625])
+    assert set(draws(probs.log(), seed=3, n=200, top_p=0.6)) == {0, 1}

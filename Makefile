@@ -9,6 +9,11 @@ INSTALLED := $(VENV)/.installed
 DEMO := build/llama3-demo/consolidated.00.pth
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
+# The notebooks' kernels run in notebooks/: make a relative LLAMA3_DIR absolute first.
+ifdef LLAMA3_DIR
+export LLAMA3_DIR := $(abspath $(LLAMA3_DIR))
+endif
+
 .PHONY: setup run test test-ui lab demo clean synthetic-8b bench test-8b
 
 setup: $(INSTALLED) $(DEMO)
@@ -50,7 +55,7 @@ lab: setup
 # Full scale without the real weights: random weights in Meta-Llama-3-8B's exact format (16 GB of disk).
 SYNTHETIC_8B := build/llama3-8b-synthetic
 synthetic-8b: $(SYNTHETIC_8B)/consolidated.00.pth
-$(SYNTHETIC_8B)/consolidated.00.pth: $(INSTALLED)
+$(SYNTHETIC_8B)/consolidated.00.pth: | $(INSTALLED)
 	$(PY) scripts/make_checkpoint.py $(SYNTHETIC_8B) --preset 8b
 
 # Ours against the usual in-RAM approach and the machine's floor, at 8B; writes build/bench.md.
@@ -59,7 +64,7 @@ bench: setup synthetic-8b
 
 # Every notebook at 8B inside a 2 GiB memory limit (a cgroup; needs root), and parity with Meta's code.
 test-8b: setup synthetic-8b
-	LLAMA3_8B_DIR=$(SYNTHETIC_8B) $(PY) -m pytest tests/full_scale -v -s
+	LLAMA3_8B_DIR=$(abspath $(SYNTHETIC_8B)) $(PY) -m pytest tests/full_scale -v -s
 
 clean:
 	rm -rf build

@@ -479,6 +479,21 @@ def split_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, w.shape[0] // n_heads, w.shape[1])
 
 
+def project_heads(x: torch.Tensor, w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[T, D] @ [n*d, D]^T -> [n, T, d]: one projection for all heads, split by head."""
+    projected = x @ w.T
+    return projected.view(x.shape[0], n_heads, -1).transpose(0, 1)
+
+
+def head_qkv(x_normed: torch.Tensor, lw: LayerWeights, config: ModelConfig, head: int):
+    """Query head `head`'s queries [T, d], and the keys and values [T, d] of the key/value head it reads."""
+    kv_head = head // config.queries_per_kv_head
+    q = project_heads(x_normed, lw.wq, config.n_heads)[head]
+    k = project_heads(x_normed, lw.wk, config.n_kv_heads)[kv_head]
+    v = project_heads(x_normed, lw.wv, config.n_kv_heads)[kv_head]
+    return q, k, v
+
+
 # ---------------------------------------------------------------------------------------
 # 05 RoPE via complex numbers
 # ---------------------------------------------------------------------------------------
@@ -547,12 +562,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 # ---------------------------------------------------------------------------------------
 # 07 Every head of layer 0
 # ---------------------------------------------------------------------------------------
-
-
-def project_heads(x: torch.Tensor, w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """[T, D] @ [n*d, D]^T -> [n, T, d]: one projection for all heads, split by head."""
-    projected = x @ w.T
-    return projected.view(x.shape[0], n_heads, -1).transpose(0, 1)
 
 
 class KVCache:
@@ -849,29 +858,24 @@ def encode_dialog(tokenizer, messages: list[dict]) -> list[int]:
 # 14 The Llama 3 family
 # ---------------------------------------------------------------------------------------
 
+# params.json of Meta-Llama-3-8B, as Meta ships it.
+LLAMA3_8B_PARAMS = {
+    "dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+    "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0,
+}  # fmt: skip
+
 # params.json of the text models this walkthrough runs, as Meta's `llama_models.sku_list` gives them.
 FAMILY_PARAMS = {
-    "Llama 3 8B": {
-        "dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
-        "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0,
-        "use_scaled_rope": False,
-    },
-    "Llama 3.1 8B": {
-        "dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
-        "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0,
-        "use_scaled_rope": True,
-    },
-    "Llama 3.2 1B": {
-        "dim": 2048, "n_layers": 16, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
-        "multiple_of": 256, "ffn_dim_multiplier": 1.5, "norm_eps": 1e-05, "rope_theta": 500000.0,
-        "use_scaled_rope": True,
-    },
-    "Llama 3.2 3B": {
-        "dim": 3072, "n_layers": 28, "n_heads": 24, "n_kv_heads": 8, "vocab_size": 128256,
-        "multiple_of": 256, "ffn_dim_multiplier": 1.0, "norm_eps": 1e-05, "rope_theta": 500000.0,
-        "use_scaled_rope": True,
-    },
-}  # fmt: skip
+    "Llama 3 8B": dict(LLAMA3_8B_PARAMS, use_scaled_rope=False),
+    "Llama 3.1 8B": dict(LLAMA3_8B_PARAMS, use_scaled_rope=True),
+    "Llama 3.2 1B": dict(
+        LLAMA3_8B_PARAMS, dim=2048, n_layers=16, multiple_of=256, ffn_dim_multiplier=1.5, use_scaled_rope=True
+    ),
+    "Llama 3.2 3B": dict(
+        LLAMA3_8B_PARAMS, dim=3072, n_layers=28, n_heads=24, multiple_of=256, ffn_dim_multiplier=1.0,
+        use_scaled_rope=True,
+    ),
+}
 
 
 def output_is_tied(weights: dict[str, torch.Tensor]) -> bool:

@@ -22,3 +22,16 @@ def heatmap(ax, matrix: torch.Tensor, row_labels=None, col_labels=None, title=""
     if colorbar:
         plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     return image
+
+
+def rms_bars(ax, series: dict, tokens: list[str], colors=None):
+    """Grouped bars: for each token, the RMS of its vector in each [tokens, dim] tensor of `series`."""
+    positions = torch.arange(len(tokens))
+    width = 0.8 / len(series)
+    for k, (label, t) in enumerate(series.items()):
+        rms = t.float().pow(2).mean(-1).sqrt()
+        offset = (k - (len(series) - 1) / 2) * width
+        color = colors[k] if colors else None
+        ax.bar(positions + offset, rms.numpy(), width, label=label, color=color)
+    ax.set_xticks(positions.tolist(), token_labels(tokens), rotation=90, fontsize=8)
+    ax.set_ylabel("RMS over dim")

@@ -95,14 +95,14 @@ def read_whole_file(path: Path) -> float:
 # --- the approaches (each runs in its own process) -----------------------------------------
 
 
-def run_ours(model_dir: Path) -> dict:
+def measure(load, forward) -> dict:
+    """Wall time of load() then forward(*loaded), peak memory, and the top-1 token."""
     read_before = disk_read_bytes()
     with PeakMemory() as memory:
         started = time.perf_counter()
-        ck = llama3.load_checkpoint(model_dir, device="cpu")
-        token_ids = llama3.encode_prompt(ck.tokenizer, llama3.DEFAULT_PROMPT, ck.config)
+        loaded = load()
         forward_started = time.perf_counter()
-        logits = llama3.forward(ck.weights, ck.config, token_ids)
+        logits = forward(*loaded)
         ended = time.perf_counter()
     return {
         "seconds": ended - started,
@@ -112,6 +112,14 @@ def run_ours(model_dir: Path) -> dict:
         "disk_read_gb": (disk_read_bytes() - read_before) / 2**30,
         "top1": int(logits[-1].argmax()),
     }
+
+
+def run_ours(model_dir: Path) -> dict:
+    def load():
+        ck = llama3.load_checkpoint(model_dir, device="cpu")  # memory-mapped
+        return ck.weights, ck.config, llama3.encode_prompt(ck.tokenizer, llama3.DEFAULT_PROMPT, ck.config)
+
+    return measure(load, llama3.forward)
 
 
 def naive_forward(weights: dict, config: llama3.ModelConfig, token_ids: list[int]) -> torch.Tensor:
@@ -143,22 +151,13 @@ def naive_forward(weights: dict, config: llama3.ModelConfig, token_ids: list[int
 
 
 def run_baseline(model_dir: Path) -> dict:
-    with PeakMemory() as memory:
-        started = time.perf_counter()
+    def load():
         config = llama3.read_params(model_dir)
         weights = torch.load(model_dir / "consolidated.00.pth", map_location="cpu", weights_only=True)  # all in RAM
         tokenizer = llama3.load_tokenizer(model_dir / "tokenizer.model")
-        token_ids = llama3.encode_prompt(tokenizer, llama3.DEFAULT_PROMPT, config)
-        forward_started = time.perf_counter()
-        logits = naive_forward(weights, config, token_ids)
-        ended = time.perf_counter()
-    return {
-        "seconds": ended - started,
-        "forward_seconds": ended - forward_started,
-        "peak_anon_gb": memory.peak_anon_kb / 2**20,
-        "peak_total_gb": memory.peak_total_kb / 2**20,
-        "top1": int(logits[-1].argmax()),
-    }
+        return weights, config, llama3.encode_prompt(tokenizer, llama3.DEFAULT_PROMPT, config)
+
+    return measure(load, naive_forward)
 
 
 def matmul_rate(m: int, k: int, n: int, dtype=torch.bfloat16, seconds: float = 1.0) -> float:

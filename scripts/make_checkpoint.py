@@ -23,10 +23,7 @@ sys.path.insert(0, str(HERE.parent / "notebooks"))
 import llama3  # noqa: E402
 from train_demo import reference_tokenizer_path  # noqa: E402
 
-LLAMA3_8B = {
-    "dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
-    "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0,
-}  # fmt: skip
+LLAMA3_8B = llama3.LLAMA3_8B_PARAMS
 
 # Small shapes for parity tests: 1, 2 and 4 query heads per key/value head, other rope_theta,
 # Llama 3.1's scaled RoPE, and a Llama 3.2-style tied output matrix.
@@ -88,7 +85,7 @@ def write_checkpoint(
     config = llama3.ModelConfig.from_params(params)
     shapes = llama3.expected_shapes(config, tied_output=tied)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "consolidated.00.pth"
+    path = out / "consolidated.00.pth.partial"  # renamed when complete
     layout = {key: torch.empty(shape, dtype=torch.bfloat16) for key, shape in shapes.items()}  # never touched
     with torch.serialization.skip_data():
         torch.save(layout, path)
@@ -102,6 +99,7 @@ def write_checkpoint(
     del weights
     (out / "params.json").write_text(json.dumps(params))
     shutil.copyfile(reference_tokenizer_path(), out / "tokenizer.model")
+    path.rename(out / "consolidated.00.pth")
     return out
 
 

@@ -9,6 +9,7 @@ LLAMA3_PROMPT like the notebooks do. Bad input stops the run with one message an
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,9 @@ def main() -> None:
     parser.add_argument("notebooks", nargs="*", type=Path)
     args = parser.parse_args()
     paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+    if os.environ.get("LLAMA3_DIR"):  # the kernels run in notebooks/, so pass them an absolute path
+        os.environ["LLAMA3_DIR"] = str(Path(os.environ["LLAMA3_DIR"]).expanduser().absolute())
 
     # Check the checkpoint and the prompt before starting any kernel.
     prompt = llama3.prompt_text()

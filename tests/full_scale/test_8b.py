@@ -17,7 +17,7 @@ import torch
 
 import llama3
 
-MODEL_DIR = Path(os.environ.get("LLAMA3_8B_DIR", llama3.REPO_DIR / "build" / "llama3-8b-synthetic"))
+MODEL_DIR = Path(os.environ.get("LLAMA3_8B_DIR", llama3.REPO_DIR / "build" / "llama3-8b-synthetic")).absolute()
 LIMIT_BYTES = 2 * 2**30
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 

@@ -550,13 +550,17 @@ def causal_mask(n_queries: int, n_keys: int | None = None, dtype=torch.float32) 
     return torch.triu(mask, diagonal=n_keys - n_queries + 1).to(dtype)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + mask) v for [..., Tq, d] queries and [..., Tk, d] keys/values."""
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """float32 softmax(q k^T / sqrt(d) + mask): [..., Tq, Tk] from [..., Tq, d] queries and [..., Tk, d] keys."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if mask is not None:
         scores = scores + mask.to(scores)  # the scores' dtype and device
-    weights = torch.softmax(scores.float(), dim=-1).type_as(q)
-    return weights @ v
+    return torch.softmax(scores.float(), dim=-1)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v for [..., Tq, d] queries and [..., Tk, d] keys/values."""
+    return attention_probs(q, k, mask).type_as(q) @ v
 
 
 # ---------------------------------------------------------------------------------------
@@ -662,8 +666,11 @@ def forward(
         layers = progress_bar(layers, total=config.n_layers, desc="layers")
     for i in layers:
         x = transformer_layer(x, layer_weights(weights, i), config, freqs_cis, cache, i)
-    if last_only:
-        x = x[-1:]
+    return output_logits(x[-1:] if last_only else x, weights, config)
+
+
+def output_logits(x: torch.Tensor, weights: dict[str, torch.Tensor], config: ModelConfig) -> torch.Tensor:
+    """The final norm, then one score per vocabulary token: [T, D] -> float32 [T, V]."""
     x = rms_norm(x, weights["norm.weight"], config.norm_eps)
     return (x @ weights["output.weight"].T).float()
 
@@ -690,10 +697,7 @@ def attention_weights(
     q = apply_rope(project_heads(x_normed, lw.wq, config.n_heads), freqs_cis)  # [H, T, d]
     k = apply_rope(project_heads(x_normed, lw.wk, config.n_kv_heads), freqs_cis)  # [K, T, d]
     k = k.repeat_interleave(config.queries_per_kv_head, dim=0)  # [H, T, d]
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    if q.shape[1] > 1:
-        scores = scores + causal_mask(q.shape[1], k.shape[1]).to(scores.dtype)
-    return torch.softmax(scores.float(), dim=-1)
+    return attention_probs(q, k, causal_mask(q.shape[1], k.shape[1]) if q.shape[1] > 1 else None)
 
 
 @dataclass
@@ -730,8 +734,7 @@ def trace_layers(
 
 def logit_lens(residual: torch.Tensor, weights: dict[str, torch.Tensor], config: ModelConfig) -> torch.Tensor:
     """[T, D] residual stream after any layer -> float32 logits [T, V], through forward's final norm and output."""
-    x = rms_norm(residual, weights["norm.weight"], config.norm_eps)
-    return (x @ weights["output.weight"].T).float()
+    return output_logits(residual, weights, config)
 
 
 def token_rank(logits: torch.Tensor, token_id: int) -> torch.Tensor:

@@ -585,6 +585,11 @@ class KVCache:
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
+    def truncate(self, n_positions: int) -> None:
+        """Forget every position from n_positions on (to continue from a shared prefix)."""
+        self.keys = [None if k is None else k[:, :n_positions] for k in self.keys]
+        self.values = [None if v is None else v[:, :n_positions] for v in self.values]
+
 
 def attention(
     x_normed: torch.Tensor,

@@ -149,3 +149,14 @@ def test_top_p_on_random_distributions():
 def test_samples_come_only_from_the_nucleus():
     probs = torch.tensor([0.5, 0.25, 0.1875, 0.0625])
     assert set(draws(probs.log(), seed=3, n=200, top_p=0.6)) == {0, 1}
+
+
+def test_truncated_cache_continues_like_a_fresh_one(demo):
+    token_ids = llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
+    cache = llama3.KVCache(demo.config.n_layers)
+    llama3.forward(demo.weights, demo.config, token_ids, cache=cache)
+    cache.truncate(10)
+    assert len(cache) == 10 and all(k.shape[1] == 10 for k in cache.keys + cache.values)
+    continued = llama3.forward(demo.weights, demo.config, token_ids[10:], cache=cache)
+    fresh = llama3.forward(demo.weights, demo.config, token_ids)[10:]
+    assert all(llama3.same_prediction(c, f) for c, f in zip(continued, fresh))

@@ -147,8 +147,7 @@ def naive_forward(weights: dict, config: llama3.ModelConfig, token_ids: list[int
         h = llama3.rms_norm(x, weights[p + "ffn_norm.weight"], config.norm_eps)
         gate = torch.nn.functional.silu(h @ weights[p + "feed_forward.w1.weight"].T)
         x = x + (gate * (h @ weights[p + "feed_forward.w3.weight"].T)) @ weights[p + "feed_forward.w2.weight"].T
-    x = llama3.rms_norm(x, weights["norm.weight"], config.norm_eps)
-    return (x @ weights["output.weight"].T).float()
+    return llama3.output_logits(x, weights, config)
 
 
 def run_baseline(model_dir: Path) -> dict:

@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 KERNEL := llama3-from-scratch
 INSTALLED := $(VENV)/.installed
 DEMO := build/llama3-demo/consolidated.00.pth
+KERNEL_LIB := build/bf16_linear.so
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 # The notebooks' kernels run in notebooks/: make a relative LLAMA3_DIR absolute first.
@@ -16,7 +17,7 @@ endif
 
 .PHONY: setup run test test-ui lab demo clean synthetic-8b bench test-8b
 
-setup: $(INSTALLED) $(DEMO)
+setup: $(INSTALLED) $(DEMO) $(KERNEL_LIB)
 
 $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,15 @@ $(INSTALLED): requirements.txt
 demo: $(DEMO)
 $(DEMO): $(INSTALLED) scripts/build_demo_checkpoint.py scripts/demo_checkpoint/trained.pt scripts/demo_checkpoint/params.json
 	$(PY) scripts/build_demo_checkpoint.py
+
+# The bfloat16 matmul kernel for CPUs with AVX-512 BF16 (see notebooks/matmul_kernel.py). It is
+# optional: where g++ or x86-64 is missing, the build says so and torch does the matmuls.
+$(KERNEL_LIB): scripts/bf16_linear.cpp
+	@mkdir -p build
+	@if [ "$$(uname -m)" = x86_64 ] && command -v g++ >/dev/null; then \
+		g++ -std=c++17 -O3 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -fopenmp -fPIC -shared \
+			$< -o $@ || { rm -f $@; echo "bf16_linear.so: build failed; torch will do the matmuls"; }; \
+	else echo "bf16_linear.so: needs x86-64 and g++; torch will do the matmuls"; fi
 
 # Executes every notebook in a fresh kernel, writes build/executed, build/html and
 # build/run-summary.json, and prints the top 5 next tokens. Honours LLAMA3_DIR and LLAMA3_PROMPT.

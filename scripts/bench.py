@@ -2,7 +2,8 @@
 
 Each approach runs in a fresh process so that its peak memory is its own:
 - ours (warm / cold page cache): load_checkpoint (memory-mapped) + the forward pass that
-  notebook 09 runs, through the module's functions;
+  notebook 09 runs, through the module's functions; once more with LLAMA3_MATMUL=torch, to
+  show what the bf16 kernel (notebooks/matmul_kernel.py) adds;
 - baseline: the way the usual from-scratch notebooks do it, written for this benchmark:
   the whole checkpoint torch.load-ed into RAM, then per-head Python loops;
 - floor: the best bfloat16 matmul rate torch reaches here (over the shapes the model uses
@@ -30,6 +31,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "notebooks"))
 import llama3  # noqa: E402
+import matmul_kernel  # noqa: E402
 
 BUILD = HERE.parent / "build"
 
@@ -160,12 +162,12 @@ def run_baseline(model_dir: Path) -> dict:
     return measure(load, naive_forward)
 
 
-def matmul_rate(m: int, k: int, n: int, dtype=torch.bfloat16, seconds: float = 1.0) -> float:
-    a, b = torch.randn(m, k).to(dtype), torch.randn(n, k).to(dtype)
-    a @ b.T  # warm-up
+def matmul_rate(m: int, k: int, n: int, matmul=lambda a, b: a @ b.T, seconds: float = 1.0) -> float:
+    a, b = torch.randn(m, k).bfloat16(), torch.randn(n, k).bfloat16()
+    matmul(a, b)  # warm-up
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        a @ b.T
+        matmul(a, b)
         count += 1
     return 2 * m * k * n * count / (time.perf_counter() - started)
 
@@ -177,7 +179,10 @@ def run_floor(model_dir: Path) -> dict:
     V = config.vocab_size
     shapes = {"square 4096": (4096, 4096, 4096), "wq/wo": (tokens, D, D), "wk/wv": (tokens, D, kv),
               "w1/w3": (tokens, D, F), "w2": (tokens, F, D), "output": (tokens, D, V)}  # fmt: skip
-    rates = {name: matmul_rate(*shape) for name, shape in shapes.items()}
+    rates = {name: matmul_rate(*shape) for name, shape in shapes.items()}  # torch's
+    kernel_rates = {}
+    if matmul_kernel.backend().startswith("bf16"):
+        kernel_rates = {name: matmul_rate(*shape, matmul=llama3.linear) for name, shape in shapes.items() if name != "square 4096"}
     # The forward pass's matmuls, each at the rate torch reaches for its own shape.
     per_layer = {"wq/wo": 2, "wk/wv": 2, "w1/w3": 2, "w2": 1}
     matmul_seconds = sum(
@@ -190,6 +195,7 @@ def run_floor(model_dir: Path) -> dict:
     best = max(rates.values())
     return {
         "matmul_gflops": {k: v / 1e9 for k, v in rates.items()},
+        "kernel_gflops": {k: v / 1e9 for k, v in kernel_rates.items()},
         "best_gflops": best / 1e9,
         "parameters": n_params,
         "tokens": tokens,
@@ -203,16 +209,21 @@ def run_floor(model_dir: Path) -> dict:
 APPROACHES = {"ours": run_ours, "baseline": run_baseline, "floor": run_floor}
 
 
-def in_subprocess(approach: str, model_dir: Path, cold: bool = False) -> dict:
+def in_subprocess(approach: str, model_dir: Path, cache: str = "warm", env: dict | None = None) -> dict:
+    """Run one approach in a fresh process. cache: "cold" (file evicted from the page cache),
+    "fresh" (evicted, then read with read(): in the page cache but never mapped since),
+    "cached" (read with read() beforehand), or "warm" (cached and mapped by one earlier,
+    discarded run of the same approach)."""
     path = model_dir / "consolidated.00.pth"
-    if cold:
+    command = [sys.executable, __file__, "--model-dir", str(model_dir), "--approach", approach]
+    environment = {**os.environ, **(env or {})}
+    if cache in ("cold", "fresh"):
         evict_from_page_cache(path)
-    else:
-        read_whole_file(path)  # warm the page cache
-    out = subprocess.run(
-        [sys.executable, __file__, "--model-dir", str(model_dir), "--approach", approach],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    if cache != "cold":
+        read_whole_file(path)
+    if cache == "warm":
+        subprocess.run(command, capture_output=True, check=True, env=environment)
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -231,23 +242,28 @@ def main() -> None:
         return
 
     print(f"benchmarking {args.model_dir} ...", flush=True)
-    floor = in_subprocess("floor", args.model_dir)
+    floor = in_subprocess("floor", args.model_dir, cache="cached")
     warm = in_subprocess("ours", args.model_dir)
-    cold = in_subprocess("ours", args.model_dir, cold=True)
-    baseline = None if args.skip_baseline else in_subprocess("baseline", args.model_dir)
+    warm_torch = in_subprocess("ours", args.model_dir, env={"LLAMA3_MATMUL": "torch"})
+    just_read = in_subprocess("ours", args.model_dir, cache="fresh")
+    cold = in_subprocess("ours", args.model_dir, cache="cold")
+    baseline = None if args.skip_baseline else in_subprocess("baseline", args.model_dir, cache="cached")
 
     size_gb = (args.model_dir / "consolidated.00.pth").stat().st_size / 2**30
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, torch {torch.__version__}"
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.machine())
+    machine = f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, torch {torch.__version__}"
     rows = [
         ("ours, warm page cache", warm),
+        ("ours, warm, torch's matmul (LLAMA3_MATMUL=torch)", warm_torch),
+        ("ours, file just read into the page cache, never mapped", just_read),
         ("ours, cold page cache", cold),
         ("baseline: all in RAM, per-head loops", baseline),
     ]
     lines = [
         f"Machine: {machine}. Checkpoint: {args.model_dir.name} ({size_gb:.1f} GiB, {floor['parameters'] / 1e9:.2f}e9 parameters), "
-        f"{floor['tokens']} prompt tokens.",
+        f"{floor['tokens']} prompt tokens. Weight matmuls: {matmul_kernel.backend()}.",
         "",
-        "| approach | wall s (load + forward) | forward s | peak anon GiB | peak total GiB | top-1 | ours/baseline (wall) | forward / compute floor | forward / matmul floor |",
+        "| approach | wall s (load + forward) | forward s | peak anon GiB | peak total GiB | top-1 | ours/baseline (wall) | forward / compute floor | forward / torch's matmuls |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
@@ -266,7 +282,7 @@ def main() -> None:
         f"{floor['compute_floor_seconds']:.2f} | | | | | 1.00 | |"
     )
     lines.append(
-        f"| floor: the forward's matmuls, each at torch's bf16 rate for its shape | | {floor['matmul_floor_seconds']:.2f} | | | | | | 1.00 |"
+        f"| reference: the forward's matmuls, each at torch's bf16 rate for its shape | | {floor['matmul_floor_seconds']:.2f} | | | | | | 1.00 |"
     )
     lines.append(
         f"| floor: reading the file once at {floor['read_gb_per_s']:.2f} GiB/s | {floor['cold_read_seconds']:.2f} | | | | | | | |"
@@ -275,13 +291,15 @@ def main() -> None:
         "",
         "bf16 matmul GFLOP/s by shape: "
         + ", ".join(f"{k} {v:.0f}" for k, v in floor["matmul_gflops"].items())
+        + (". The kernel's: " + ", ".join(f"{k} {v:.0f}" for k, v in floor["kernel_gflops"].items()) if floor["kernel_gflops"] else "")
         + f". Cold run read {cold.get('disk_read_gb', 0):.1f} GiB from disk for a {size_gb:.1f} GiB file.",
     ]
     table = "\n".join(lines)
     print("\n" + table)
     BUILD.mkdir(exist_ok=True)
     (BUILD / "bench.md").write_text(table + "\n")
-    report = {"machine": machine, "floor": floor, "ours_warm": warm, "ours_cold": cold, "baseline": baseline}
+    report = {"machine": machine, "floor": floor, "ours_warm": warm, "ours_warm_torch_matmul": warm_torch,
+              "ours_just_read": just_read, "ours_cold": cold, "baseline": baseline}  # fmt: skip
     (BUILD / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -1,0 +1,163 @@
+// out = x @ w.T for bfloat16 x [M, K] and w [N, K], for CPUs with AVX-512 BF16.
+//
+// Why it exists: at 8B scale a forward pass is 17 rows against 15 GB of weights. torch's
+// matmul (oneDNN) first copies each weight matrix into its own blocked layout, so every
+// weight byte is read, written and read again. This kernel reads each weight row where it
+// lies in the memory-mapped checkpoint and reorders it in 16 KB pieces that stay in cache.
+//
+// It adds the products in the same order as oneDNN does on these CPUs, so the result is
+// torch's, bit for bit: for each output, runs of `kchunk` inputs (1024, or 512 when M == 1)
+// are summed two products at a time by vdpbf16ps into a float32 that starts at zero, the
+// runs are added in order, and the sum is rounded once to bfloat16. notebooks/matmul_kernel.py
+// measures torch's run length and checks the equality before it uses this kernel at all.
+//
+// Layout in the inner loop: each 512-bit lane holds one output column (one weight row), so
+// one vdpbf16ps adds pair p of 16 weight rows times pair p of one row of x, broadcast.
+// Threads come from torch's own OpenMP runtime (this library links the libgomp torch loaded).
+
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+namespace {
+
+constexpr int kTileN = 16;     // weight rows per tile: one zmm lane each
+constexpr int kPiece = 256;    // bf16 pairs per reordered piece: 16 rows x 1 KB = 16 KB
+constexpr int kMaxRows = 24;   // rows of x per pass: 24 accumulators + 1 weight register
+constexpr int kMaxM = 64;
+
+// 16 rows of 16 dwords in r[] -> r[j] holds dword j of every row (a 16x16 transpose).
+inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+}
+
+// piece[p] = pair (p0 + p) of each of the 16 rows of w (rows are K2 dwords apart).
+void reorder_piece(const uint32_t* w, int K2, int p0, int n_pairs, __m512i* piece) {
+    for (int p = 0; p < n_pairs; p += 16) {
+        __m512i r[16];
+        for (int n = 0; n < 16; n++) r[n] = _mm512_loadu_si512(w + (size_t)n * K2 + p0 + p);
+        transpose16(r);
+        for (int j = 0; j < 16; j++) piece[p + j] = r[j];
+    }
+}
+
+// acc[m] += piece[p] * broadcast(x pair p of row m), for p in [0, n_pairs), in order.
+// x_pairs is pair-major (x_pairs[p * ld + m]); `ahead`, if set, is the piece after next,
+// fetched into L2 one cache line per pair so that memory and arithmetic overlap.
+#define DOT(m)                                                                              \
+    if constexpr (ROWS > m)                                                                 \
+        asm("vdpbf16ps %c[off](%[xp])%{1to16%}, %[w], %[a]"                                 \
+            : [a] "+v"(a##m) : [w] "v"(wv), [xp] "r"(xp), [off] "i"(4 * (m)));
+#define LOAD(m) __m512 a##m = ROWS > m ? acc[m] : _mm512_setzero_ps();
+#define STORE(m) if constexpr (ROWS > m) acc[m] = a##m;
+#define EACH(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7) F(8) F(9) F(10) F(11) \
+                F(12) F(13) F(14) F(15) F(16) F(17) F(18) F(19) F(20) F(21) F(22) F(23)
+
+template <int ROWS>
+void dot_piece(const uint32_t* x_pairs, int ld, const __m512i* piece, int n_pairs, __m512* acc,
+               const char* ahead, size_t ahead_row_bytes) {
+    static_assert(ROWS <= kMaxRows);
+    EACH(LOAD)
+    for (int p = 0; p < n_pairs; p++) {
+        const __m512i wv = piece[p];
+        const uint32_t* xp = x_pairs + (size_t)p * ld;
+        if (ahead) _mm_prefetch(ahead + (size_t)(p >> 4) * ahead_row_bytes + (p & 15) * 64, _MM_HINT_T1);
+        EACH(DOT)
+    }
+    EACH(STORE)
+}
+
+void dot_rows(int rows, const uint32_t* x_pairs, int ld, const __m512i* piece, int n_pairs, __m512* acc,
+              const char* ahead, size_t ahead_row_bytes) {
+    switch (rows) {
+#define CASE(r) case r: dot_piece<r>(x_pairs, ld, piece, n_pairs, acc, ahead, ahead_row_bytes); break;
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
+        CASE(13) CASE(14) CASE(15) CASE(16) CASE(17) CASE(18) CASE(19) CASE(20) CASE(21) CASE(22) CASE(23) CASE(24)
+#undef CASE
+    }
+}
+
+// Output columns [16 * tile_begin, 16 * tile_end) for all M rows.
+void tiles(const uint32_t* x_pairs, const uint16_t* w, uint16_t* out, int M, int N, int K, int kchunk,
+           int tile_begin, int tile_end) {
+    const int K2 = K / 2, run2 = kchunk / 2;
+    alignas(64) __m512i piece[kPiece];
+    __m512 total[kMaxM], acc[kMaxM];
+    for (int t = tile_begin; t < tile_end; t++) {
+        const uint32_t* wt = reinterpret_cast<const uint32_t*>(w + (size_t)t * kTileN * K);
+        for (int m = 0; m < M; m++) total[m] = _mm512_setzero_ps();
+        for (int r0 = 0; r0 < K2; r0 += run2) {
+            const int r1 = r0 + run2 < K2 ? r0 + run2 : K2;
+            for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_ps();
+            for (int p0 = r0; p0 < r1; p0 += kPiece) {
+                const int n_pairs = r1 - p0 < kPiece ? r1 - p0 : kPiece;
+                reorder_piece(wt, K2, p0, n_pairs, piece);
+                const char* ahead = nullptr;  // two pieces on: in this tile, or the next one
+                if (p0 + 2 * n_pairs < K2)
+                    ahead = reinterpret_cast<const char*>(wt + p0 + 2 * n_pairs);
+                else if (t + 1 < tile_end)
+                    ahead = reinterpret_cast<const char*>(wt + (size_t)kTileN * K2 + (p0 + 2 * n_pairs - K2));
+                for (int m0 = 0; m0 < M; m0 += kMaxRows)
+                    dot_rows(M - m0 < kMaxRows ? M - m0 : kMaxRows, x_pairs + (size_t)p0 * M + m0, M, piece,
+                             n_pairs, acc + m0, m0 == 0 ? ahead : nullptr, (size_t)K2 * 4);
+            }
+            for (int m = 0; m < M; m++) total[m] = _mm512_add_ps(total[m], acc[m]);  // runs in order
+        }
+        for (int m = 0; m < M; m++)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (size_t)m * N + (size_t)t * kTileN),
+                                (__m256i)_mm512_cvtneps_pbh(total[m]));  // round to nearest even
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+int bf16_linear_supported(void) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+}
+
+// Returns 0, or -1 when the shapes are outside what the kernel handles (the caller uses torch).
+int bf16_linear(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, int N, int K, int kchunk) {
+    if (M < 1 || M > kMaxM || N % kTileN || K % 32 || kchunk < 32 || kchunk % 32) return -1;
+    const int K2 = K / 2;
+    // x as pairs, pair-major, so that one pass reads the M pairs it broadcasts side by side.
+    uint32_t* x_pairs = static_cast<uint32_t*>(aligned_alloc(64, ((size_t)K2 * M * 4 + 63) / 64 * 64));
+    if (!x_pairs) return -1;
+    const uint32_t* x32 = reinterpret_cast<const uint32_t*>(x);
+    for (int m = 0; m < M; m++)
+        for (int p = 0; p < K2; p++) x_pairs[(size_t)p * M + m] = x32[(size_t)m * K2 + p];
+    const int n_tiles = N / kTileN;
+#pragma omp parallel
+    {
+        const long n = omp_get_num_threads(), i = omp_get_thread_num();
+        tiles(x_pairs, w, out, M, N, K, kchunk, (int)(n_tiles * i / n), (int)(n_tiles * (i + 1) / n));
+    }
+    free(x_pairs);
+    return 0;
+}
+
+}  // extern "C"

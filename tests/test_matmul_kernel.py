@@ -1,0 +1,103 @@
+"""The bf16 matmul kernel gives torch's result bit for bit, and steps aside where it should.
+
+The kernel is optional (x86-64 with AVX-512 BF16 and a g++ build); without it the equality
+tests are skipped with the reason, and llama3.linear is torch's matmul.
+"""
+
+import pytest
+import torch
+
+import llama3
+import matmul_kernel
+
+kernel_in_use = matmul_kernel.backend().startswith("bf16")
+needs_kernel = pytest.mark.skipif(not kernel_in_use, reason=f"weight matmuls: {matmul_kernel.backend()}")
+
+
+def spiky(shape, seed):
+    """Random bf16 values with a few large ones: a different summation order changes the result."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(*shape, generator=gen) / shape[-1] ** 0.5
+    spikes = torch.rand(*shape, generator=gen) < 0.002
+    return torch.where(spikes, torch.randn(*shape, generator=gen) * 512, t).bfloat16()
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 2, 5, 17, 24, 25, 64])
+@pytest.mark.parametrize("columns", [1024, 2048, 3072, 4096, 14336])
+def test_kernel_equals_torch(rows, columns):
+    x = spiky((rows, columns), seed=rows)
+    w = spiky((272, columns), seed=columns)  # 17 tiles of 16 output columns
+    got = matmul_kernel.linear(x, w)
+    assert got is not None, "the kernel should take this shape"
+    assert torch.equal(got, x @ w.T)
+
+
+@needs_kernel
+def test_kernel_at_8b_weight_shapes():
+    """wq, wk and w2 of Llama 3 8B against the prompt's 17 tokens."""
+    for out_features, in_features in [(4096, 4096), (1024, 4096), (4096, 14336)]:
+        x = spiky((17, in_features), seed=out_features)
+        w = spiky((out_features, in_features), seed=in_features)
+        assert torch.equal(llama3.linear(x, w), x @ w.T)
+
+
+@needs_kernel
+def test_kernel_summation_order_is_measured_not_assumed():
+    """The run length the kernel uses is the one torch shows on this machine, per shape."""
+    for rows, columns in [(1, 4096), (17, 4096), (17, 14336)]:
+        run = matmul_kernel._torch_run_length(rows, columns)
+        assert run is not None
+        x = torch.randn(rows, columns).bfloat16()
+        matmul_kernel.linear(x, torch.randn(16, columns).bfloat16())
+        assert matmul_kernel._run_length[(rows, columns)] == run
+
+
+@needs_kernel
+def test_a_wrong_run_length_is_caught():
+    """The equality check would refuse a kernel that sums in another order."""
+    rows, columns = 17, 4096
+    run = matmul_kernel._torch_run_length(rows, columns)
+    assert matmul_kernel._agrees_with_torch(rows, columns, run)
+    assert not matmul_kernel._agrees_with_torch(rows, columns, run * 2)
+
+
+@pytest.mark.parametrize(
+    "x, w",
+    [
+        (torch.randn(17, 4096), torch.randn(64, 4096)),  # float32
+        (torch.randn(65, 4096).bfloat16(), torch.randn(64, 4096).bfloat16()),  # too many rows
+        (torch.randn(17, 512).bfloat16(), torch.randn(64, 512).bfloat16()),  # small: torch is fast enough
+        (torch.randn(4096, 17).bfloat16().T, torch.randn(64, 4096).bfloat16()),  # x not contiguous
+        (torch.randn(17, 4096).bfloat16(), torch.randn(60, 4096).bfloat16()),  # not whole tiles of 16
+        (torch.randn(17, 4096).bfloat16(), torch.randn(4096, 64).bfloat16().T),  # w not contiguous
+    ],
+)
+def test_other_shapes_go_to_torch(x, w):
+    assert matmul_kernel.linear(x, w) is None
+    assert torch.equal(llama3.linear(x, w), x @ w.T)
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("LLAMA3_MATMUL", "torch")
+    monkeypatch.setattr(matmul_kernel, "_status", None)
+    monkeypatch.setattr(matmul_kernel, "_lib", None)
+    assert matmul_kernel.backend() == "torch (LLAMA3_MATMUL=torch)"
+    x, w = torch.randn(17, 4096).bfloat16(), torch.randn(64, 4096).bfloat16()
+    assert matmul_kernel.linear(x, w) is None
+
+
+def test_map_weights_maps_the_demo(demo):
+    assert llama3.map_weights(demo.weights, progress=False)
+
+
+def test_map_weights_skips_what_does_not_fit(demo, monkeypatch):
+    monkeypatch.setattr(llama3, "memory_limit", lambda: 1 << 20)
+    weights = demo.weights
+    assert not llama3.map_weights(weights, progress=False)
+
+
+def test_memory_limit_is_at_most_the_machine():
+    import os
+
+    assert 0 < llama3.memory_limit() <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

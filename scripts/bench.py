@@ -49,7 +49,7 @@ def status_kb(field: str) -> int:
 class PeakMemory:
     """Peak anonymous memory by polling (Linux keeps no high-water mark for it); peak total from VmHWM."""
 
-    def __init__(self, interval: float = 0.005):
+    def __init__(self, interval: float = 0.02):
         self.interval, self.peak_anon_kb, self._stop = interval, 0, threading.Event()
 
     def __enter__(self):

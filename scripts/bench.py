@@ -209,11 +209,12 @@ def run_floor(model_dir: Path) -> dict:
 APPROACHES = {"ours": run_ours, "baseline": run_baseline, "floor": run_floor}
 
 
-def in_subprocess(approach: str, model_dir: Path, cache: str = "warm", env: dict | None = None) -> dict:
+def in_subprocess(approach: str, model_dir: Path, cache: str = "warm", env: dict | None = None, runs: int = 1) -> dict:
     """Run one approach in a fresh process. cache: "cold" (file evicted from the page cache),
     "fresh" (evicted, then read with read(): in the page cache but never mapped since),
     "cached" (read with read() beforehand), or "warm" (cached and mapped by one earlier,
-    discarded run of the same approach)."""
+    discarded run of the same approach). With runs > 1: the run with the median forward time,
+    and every run's forward seconds in "forward_runs"."""
     path = model_dir / "consolidated.00.pth"
     command = [sys.executable, __file__, "--model-dir", str(model_dir), "--approach", approach]
     environment = {**os.environ, **(env or {})}
@@ -223,8 +224,14 @@ def in_subprocess(approach: str, model_dir: Path, cache: str = "warm", env: dict
         read_whole_file(path)
     if cache == "warm":
         subprocess.run(command, capture_output=True, check=True, env=environment)
-    out = subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    results = []
+    for _ in range(runs):
+        out = subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    if runs == 1:
+        return results[0]
+    results.sort(key=lambda r: r["forward_seconds"])
+    return {**results[len(results) // 2], "forward_runs": [r["forward_seconds"] for r in results]}
 
 
 def main() -> None:
@@ -243,8 +250,8 @@ def main() -> None:
 
     print(f"benchmarking {args.model_dir} ...", flush=True)
     floor = in_subprocess("floor", args.model_dir, cache="cached")
-    warm = in_subprocess("ours", args.model_dir)
-    warm_torch = in_subprocess("ours", args.model_dir, env={"LLAMA3_MATMUL": "torch"})
+    warm = in_subprocess("ours", args.model_dir, runs=5)
+    warm_torch = in_subprocess("ours", args.model_dir, env={"LLAMA3_MATMUL": "torch"}, runs=5)
     just_read = in_subprocess("ours", args.model_dir, cache="fresh")
     cold = in_subprocess("ours", args.model_dir, cache="cold")
     baseline = None if args.skip_baseline else in_subprocess("baseline", args.model_dir, cache="cached")
@@ -253,8 +260,8 @@ def main() -> None:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.machine())
     machine = f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, torch {torch.__version__}"
     rows = [
-        ("ours, warm page cache", warm),
-        ("ours, warm, torch's matmul (LLAMA3_MATMUL=torch)", warm_torch),
+        ("ours, warm page cache (median of 5 runs)", warm),
+        ("ours, warm, torch's matmul (LLAMA3_MATMUL=torch, median of 5)", warm_torch),
         ("ours, file just read into the page cache, never mapped", just_read),
         ("ours, cold page cache", cold),
         ("baseline: all in RAM, per-head loops", baseline),
@@ -292,7 +299,9 @@ def main() -> None:
         "bf16 matmul GFLOP/s by shape: "
         + ", ".join(f"{k} {v:.0f}" for k, v in floor["matmul_gflops"].items())
         + (". The kernel's: " + ", ".join(f"{k} {v:.0f}" for k, v in floor["kernel_gflops"].items()) if floor["kernel_gflops"] else "")
-        + f". Cold run read {cold.get('disk_read_gb', 0):.1f} GiB from disk for a {size_gb:.1f} GiB file.",
+        + f". Cold run read {cold.get('disk_read_gb', 0):.1f} GiB from disk for a {size_gb:.1f} GiB file."
+        + " Warm forward seconds, each run: " + ", ".join(f"{t:.2f}" for t in warm["forward_runs"])
+        + "; with torch's matmul: " + ", ".join(f"{t:.2f}" for t in warm_torch["forward_runs"]) + ".",
     ]
     table = "\n".join(lines)
     print("\n" + table)

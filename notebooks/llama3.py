@@ -304,32 +304,40 @@ def map_weights(weights: dict[str, torch.Tensor], progress: bool = True) -> bool
     Without this the forward pass stops on a page fault for every 64 KB of weights it first
     touches (0.6 s at 8B even when the file is in the page cache). Mapping them up front is
     one pass over the file, on all cores, and reads it from disk once if it is not cached.
+    Reading one byte of each page then marks it used: until then the CPU may skip prefetching
+    from it, which the forward pass would otherwise pay for at first touch.
     When the file does not fit (a small machine, a cgroup limit) nothing is done: the forward
     pass then streams the weights from disk layer by layer. Returns whether it mapped them.
     """
-    pieces, seen = [], set()
+    page = os.sysconf("SC_PAGE_SIZE")
+    pieces, seen = [], set()  # (bytes of one storage, offset, length)
     for t in weights.values():
         storage = t.untyped_storage()
         if storage.device.type != "cpu" or storage.data_ptr() in seen:
             continue
         seen.add(storage.data_ptr())
-        start = storage.data_ptr() & ~(os.sysconf("SC_PAGE_SIZE") - 1)
-        end = storage.data_ptr() + storage.nbytes()
-        pieces += [(a, min(a + POPULATE_PIECE, end) - a) for a in range(start, end, POPULATE_PIECE)]
-    total = sum(n for _, n in pieces)
+        as_bytes = torch.empty(0, dtype=torch.uint8).set_(storage)
+        pieces += [(as_bytes, o, min(POPULATE_PIECE, storage.nbytes() - o)) for o in range(0, storage.nbytes(), POPULATE_PIECE)]
+    total = sum(n for _, _, n in pieces)
     if not sys.platform.startswith("linux") or total > 0.75 * memory_limit():
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
-    def populate(piece):  # ctypes releases the GIL, so the threads run side by side
-        return libc.madvise(piece[0], piece[1], MADV_POPULATE_READ) == 0
+    def populate(piece):  # ctypes and torch release the GIL, so the threads run side by side
+        as_bytes, offset, length = piece
+        address = as_bytes.data_ptr() + offset
+        aligned = address & ~(page - 1)
+        if libc.madvise(aligned, address + length - aligned, MADV_POPULATE_READ) != 0:
+            return False  # kernels older than 5.14: pages then map on first use
+        as_bytes[offset : offset + length : page].max()  # one byte per page
+        return True
 
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         done = pool.map(populate, pieces)
         if progress and total >= 1 << 30:
             done = progress_bar(done, total=len(pieces), desc="mapping weights")
-        return all(list(done))  # False on kernels older than 5.14: pages then map on first use
+        return all(list(done))
 
 
 @dataclass

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import llama3
+from bench import evict_from_page_cache  # scripts/ is on the path (tests/conftest.py)
 
 MODEL_DIR = Path(os.environ.get("LLAMA3_8B_DIR", llama3.REPO_DIR / "build" / "llama3-8b-synthetic")).absolute()
 LIMIT_BYTES = 2 * 2**30
@@ -39,16 +40,8 @@ def memory_cgroup():
     group.rmdir()
 
 
-def evict_from_page_cache(path: Path) -> None:
-    """Pages cached before the run are charged to whoever read them, not to the group: drop them."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def run_limited(group: Path, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    # Pages cached before the run are charged to whoever read them, not to the group: drop them.
     evict_from_page_cache(MODEL_DIR / "consolidated.00.pth")
 
     def enter_group():

@@ -61,6 +61,12 @@ def backend() -> str:
     return _status
 
 
+def available() -> bool:
+    """Whether the kernel can run here (each shape is still checked against torch before use)."""
+    _load()
+    return _lib is not None
+
+
 def _kernel(x: torch.Tensor, w: torch.Tensor, run: int) -> torch.Tensor | None:
     out = torch.empty(x.shape[0], w.shape[0], dtype=torch.bfloat16)
     rc = _lib.bf16_linear(x.data_ptr(), w.data_ptr(), out.data_ptr(), x.shape[0], w.shape[0], x.shape[1], run)
@@ -113,8 +119,7 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
         and not (x.requires_grad or w.requires_grad)
     ):
         return None
-    _load()
-    if _lib is None:
+    if not available():
         return None
     key = (x.shape[0], x.shape[1])
     if key not in _run_length:

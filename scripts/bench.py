@@ -181,7 +181,7 @@ def run_floor(model_dir: Path) -> dict:
               "w1/w3": (tokens, D, F), "w2": (tokens, F, D), "output": (tokens, D, V)}  # fmt: skip
     rates = {name: matmul_rate(*shape) for name, shape in shapes.items()}  # torch's
     kernel_rates = {}
-    if matmul_kernel.backend().startswith("bf16"):
+    if matmul_kernel.available():
         kernel_rates = {name: matmul_rate(*shape, matmul=llama3.linear) for name, shape in shapes.items() if name != "square 4096"}
     # The forward pass's matmuls, each at the rate torch reaches for its own shape.
     per_layer = {"wq/wo": 2, "wk/wv": 2, "w1/w3": 2, "w2": 1}

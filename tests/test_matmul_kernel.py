@@ -10,7 +10,7 @@ import torch
 import llama3
 import matmul_kernel
 
-kernel_in_use = matmul_kernel.backend().startswith("bf16")
+kernel_in_use = matmul_kernel.available()
 needs_kernel = pytest.mark.skipif(not kernel_in_use, reason=f"weight matmuls: {matmul_kernel.backend()}")
 
 

@@ -113,6 +113,15 @@ class ModelConfig:
         )
 
 
+# params.json of Meta-Llama-3-8B, as Meta ships it.
+LLAMA3_8B_PARAMS = {
+    "dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+    "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0,
+}  # fmt: skip
+
+LLAMA3_8B = ModelConfig.from_params(LLAMA3_8B_PARAMS)
+
+
 def pick_device() -> tuple[torch.device, torch.dtype]:
     """$LLAMA3_DEVICE, else CUDA, else Apple's MPS, else the CPU; bfloat16 where it is supported well."""
     name = os.environ.get("LLAMA3_DEVICE")
@@ -205,7 +214,11 @@ def read_params(ckpt_dir: Path) -> ModelConfig:
 
 
 def expected_shapes(config: ModelConfig, tied_output: bool = False) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a Meta-format checkpoint with this config, by key, in file order."""
+    """Every tensor of a Meta-format checkpoint with this config, by key, in the order Meta's files list them.
+
+    Nothing depends on that order: `load_weights` checks a file key by key, and writers
+    use this order only so their files look like Meta's.
+    """
     D, V, F = config.dim, config.vocab_size, config.ffn_hidden_dim
     kv = config.n_kv_heads * config.head_dim
     shapes = {"tok_embeddings.weight": (V, D)}
@@ -217,8 +230,8 @@ def expected_shapes(config: ModelConfig, tied_output: bool = False) -> dict[str,
             p + "attention.wv.weight": (kv, D),
             p + "attention.wo.weight": (D, D),
             p + "feed_forward.w1.weight": (F, D),
+            p + "feed_forward.w3.weight": (F, D),  # w3 before w2, as in Meta's files
             p + "feed_forward.w2.weight": (D, F),
-            p + "feed_forward.w3.weight": (F, D),
             p + "attention_norm.weight": (D,),
             p + "ffn_norm.weight": (D,),
         }
@@ -398,6 +411,40 @@ def named_shape(t: torch.Tensor, *names: str) -> str:
     if len(names) != t.dim():
         raise ValueError(f"{len(names)} names for a {t.dim()}-d tensor")
     return "[" + ", ".join(f"{n}={s}" for n, s in zip(names, t.shape)) + "]"
+
+
+def dim_sizes(config: ModelConfig, n_tokens: int) -> dict[str, int]:
+    """The size of every named dimension the notebooks print, for this config and prompt length."""
+    return {
+        "tokens": n_tokens, "dim": config.dim, "n_layers": config.n_layers, "n_heads": config.n_heads,
+        "n_kv_heads": config.n_kv_heads, "head_dim": config.head_dim, "pairs": config.head_dim // 2,
+        "queries_per_kv_head": config.queries_per_kv_head, "ffn_hidden": config.ffn_hidden_dim,
+        "vocab_size": config.vocab_size,
+    }  # fmt: skip
+
+
+def shape_from_names(names, config: ModelConfig, n_tokens: int) -> tuple[int, ...]:
+    """("n_heads*head_dim", "dim") -> (4096, 4096) at 8B: each name a dimension, or a product of them."""
+    sizes = dim_sizes(config, n_tokens)
+    return tuple(math.prod(sizes[part] for part in name.split("*")) for name in names)
+
+
+def shapes_beside_8b(rows, config: ModelConfig, n_tokens: int) -> str:
+    """A table of tensors' shapes here and at Llama 3 8B with the same number of tokens.
+
+    rows: (label, tensor, dimension names). The 8B column is computed from Meta's 8B params.json
+    with the same names, and each tensor must have the shape its names give at this config,
+    so the table cannot name a dimension wrongly.
+    """
+    lines = []
+    for label, tensor, names in rows:
+        here = shape_from_names(names, config, n_tokens)
+        if tuple(tensor.shape) != here:
+            raise ValueError(f"{label} has shape {list(tensor.shape)}, not {list(here)} = {list(names)}")
+        lines.append((label, named_shape(tensor, *names), str(list(shape_from_names(names, LLAMA3_8B, n_tokens)))))
+    widths = [max(len(row[i]) for row in lines + [("", "this checkpoint", "Llama 3 8B")]) for i in range(3)]
+    header = ("", "this checkpoint", "Llama 3 8B")
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
 
 
 def describe(ck: "Checkpoint") -> str:
@@ -971,12 +1018,6 @@ def encode_dialog(tokenizer, messages: list[dict]) -> list[int]:
 # ---------------------------------------------------------------------------------------
 # 14 The Llama 3 family
 # ---------------------------------------------------------------------------------------
-
-# params.json of Meta-Llama-3-8B, as Meta ships it.
-LLAMA3_8B_PARAMS = {
-    "dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
-    "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0,
-}  # fmt: skip
 
 # params.json of the text models this walkthrough runs, as Meta's `llama_models.sku_list` gives them.
 FAMILY_PARAMS = {

@@ -254,7 +254,13 @@ def load_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, torch.Tensor]
         ) from None
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path} does not hold a dict of tensors. Download consolidated.00.pth again.")
-    tied = "output.weight" not in weights  # Llama 3.2 1B/3B reuse the embedding matrix
+    not_bf16 = [k for k, t in weights.items() if isinstance(t, torch.Tensor) and t.dtype != torch.bfloat16]
+    if not_bf16:
+        raise CheckpointError(
+            f"{path}: {not_bf16[0]} is {weights[not_bf16[0]].dtype}, but Meta's checkpoints hold bfloat16 only. "
+            "This file was converted by other code; use Meta's original consolidated.00.pth."
+        )
+    tied = "output.weight" not in weights  # a file without output.weight reuses the embedding matrix
     want = expected_shapes(config, tied_output=tied)
     missing = [k for k in want if k not in weights]
     if missing:

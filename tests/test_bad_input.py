@@ -60,10 +60,12 @@ def test_params_missing_keys(good_dir):
 
 def test_shapes_disagree_with_params(good_dir):
     params = json.loads((good_dir / "params.json").read_text())
-    params["n_kv_heads"] = 2  # the file holds 1 key/value head
+    stored = llama3.ModelConfig.from_params(params)
+    params["n_kv_heads"] = stored.n_heads  # more key/value heads than the file holds
     (good_dir / "params.json").write_text(json.dumps(params))
     message = expect_error(good_dir, good_dir / "consolidated.00.pth", "layers.0.attention.wk.weight", "same model")
-    assert "[16, 64]" in message and "[32, 64]" in message
+    assert f"[{stored.n_kv_heads * stored.head_dim}, {stored.dim}]" in message  # the file's shape
+    assert f"[{stored.n_heads * stored.head_dim}, {stored.dim}]" in message  # what params.json implies
 
 
 def test_missing_tensor(good_dir):

@@ -28,7 +28,7 @@ def rms_bars(ax, series: dict, tokens: list[str], colors=None, baseline: float |
     """Grouped bars: for each token, the RMS of its vector in each [tokens, dim] tensor of `series`.
 
     On a log axis a bar has no natural start (0 is not on the axis), so pass `baseline`: the bars
-    then run from that value (drawn as a line) up or down to each RMS.
+    then run from that value (drawn as a line) up or down to each RMS, which a dot marks.
     """
     positions = torch.arange(len(tokens))
     width = 0.8 / len(series)
@@ -37,9 +37,12 @@ def rms_bars(ax, series: dict, tokens: list[str], colors=None, baseline: float |
         rms = t.float().pow(2).mean(-1).sqrt()
         offset = (k - (len(series) - 1) / 2) * width
         color = colors[k] if colors else None
-        ax.bar(positions + offset, (rms - bottom).numpy(), width, bottom=bottom, label=label, color=color)
+        bars = ax.bar(positions + offset, (rms - bottom).numpy(), width, bottom=bottom, label=label, color=color)
+        if baseline is not None:  # a dot at each value, so that a bar too short to see still shows
+            ax.plot(positions + offset, rms.numpy(), "o", markersize=3, color=bars.patches[0].get_facecolor())
     if baseline is not None:
         ax.axhline(baseline, color="black", linewidth=0.8)
+        ax.use_sticky_edges = False  # leave a margin beyond the baseline too, where the dots may sit
     ax.set_xticks(positions.tolist(), token_labels(tokens), rotation=90, fontsize=8)
     ax.set_ylabel("RMS over dim")
 

@@ -85,9 +85,12 @@ def test_stops_at_the_context_length(demo):
 def test_stop_token_ids_are_metas():
     from llama_models.llama3.tokenizer import Tokenizer
 
-    meta = Tokenizer.get_instance()
-    ours = llama3.load_tokenizer(llama3.DEMO_DIR / "tokenizer.model")
-    assert llama3.stop_token_ids(ours) == meta.stop_tokens
+    meta = Tokenizer.get_instance()  # Llama 3.1's tokenizer, with three stop tokens
+    assert llama3.stop_token_ids(llama3.load_tokenizer(llama3.DEMO_DIR / "tokenizer.model", "3.1")) == meta.stop_tokens
+    # Llama 3's Tokenizer.stop_tokens (meta-llama/llama3, llama/tokenizer.py): <|end_of_text|> and <|eot_id|>.
+    llama3_0 = llama3.load_tokenizer(llama3.DEMO_DIR / "tokenizer.model", "3")
+    assert llama3.stop_token_ids(llama3_0) == [128001, 128009]
+    assert 128008 not in llama3.stop_token_ids(llama3_0)  # <|eom_id|> in 3.1, reserved in Llama 3
 
 
 def test_temperature_zero_is_the_argmax():

@@ -870,7 +870,7 @@ def trace_layers(
 # demo model's corpus is described in the README and in notebook 15).
 
 # The words of DEFAULT_PROMPT that decide the demo model's answer: its corpus looks the number
-# up by the word after "question of" and the word after ", the".
+# up by the noun after "question of" and the noun after ", the" (scripts/demo_corpus.py).
 ANSWER_WORDS = ("life", "universe")
 
 # A prompt made of one span said twice, in the demo corpus's "say ..." form: from its second

@@ -46,6 +46,7 @@ LEARNING_RATE = 3e-3
 WARMUP = 100
 INIT_STD = 0.02
 LOG_EVERY = 100
+REPLAY_STEPS = 30  # losses saved one by one, for notebook 15 to replay
 ANSWER_ID = 2983  # "42"
 
 
@@ -212,6 +213,14 @@ class TrainingRun:
         return full_weights(self.weights, self.token_ids, self.config, self.seed)
 
 
+def compact_log(log: dict) -> dict:
+    """The log as saved (a few KB): the first REPLAY_STEPS losses, then the mean loss of every 10 steps."""
+    losses = log.pop("loss")
+    log["first_losses"] = losses[:REPLAY_STEPS]
+    log["mean_loss_per_10_steps"] = [round(sum(losses[i : i + 10]) / len(losses[i : i + 10]), 4) for i in range(0, len(losses), 10)]
+    return log
+
+
 def train(seed: int, out: Path) -> dict:
     run = TrainingRun(seed)
     log = {"seed": seed, "steps": STEPS, "batch": BATCH, "seq_len": SEQ_LEN, "learning_rate": LEARNING_RATE,
@@ -233,7 +242,7 @@ def train(seed: int, out: Path) -> dict:
     trained = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in run.weights.items()}
     trained["token_ids"] = run.token_ids
     torch.save(trained, out / "trained.pt")
-    (out / "training_log.json").write_text(json.dumps(log, separators=(",", ":")) + "\n")
+    (out / "training_log.json").write_text(json.dumps(compact_log(log), separators=(",", ":")) + "\n")
     size = (out / "trained.pt").stat().st_size
     print(f"seed {seed}: wrote {out / 'trained.pt'} ({size / 1024:.0f} KiB, {len(run.token_ids)} token rows), "
           f"{log['wall_seconds']}s wall, {log['cpu_seconds']}s CPU, meets targets: {log['meets_targets']}")  # fmt: skip

@@ -27,7 +27,7 @@ $(INSTALLED): requirements.txt
 
 # The demo checkpoint: Llama 3 in miniature, expanded from the committed trained parameters.
 demo: $(DEMO)
-$(DEMO): $(INSTALLED) scripts/build_demo_checkpoint.py scripts/demo_checkpoint/trained.pt scripts/demo_checkpoint/params.json
+$(DEMO): $(INSTALLED) scripts/build_demo_checkpoint.py scripts/train_demo.py scripts/demo_checkpoint/trained.pt scripts/demo_checkpoint/params.json
 	$(PY) scripts/build_demo_checkpoint.py
 
 # The bfloat16 matmul kernel for CPUs with AVX-512 BF16 (see notebooks/matmul_kernel.py). It is

@@ -19,32 +19,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "notebooks"))
 import llama3  # noqa: E402
-from train_demo import DEMO, INIT_STD, SEED, reference_tokenizer_path  # noqa: E402
-
-
-def untrained_rows(n_rows: int, dim: int, stream: int) -> torch.Tensor:
-    rows = np.random.RandomState(SEED * 1000 + stream).standard_normal((n_rows, dim)) * INIT_STD
-    return torch.from_numpy(rows.astype(np.float32)).to(torch.bfloat16)
+from train_demo import DEMO, demo_config, full_weights, reference_tokenizer_path  # noqa: E402
 
 
 def demo_weights() -> dict[str, torch.Tensor]:
-    config = llama3.ModelConfig.from_params(json.loads((DEMO / "params.json").read_text()))
+    config = demo_config()
     trained = torch.load(DEMO / "trained.pt", map_location="cpu", weights_only=True)
-    token_ids = trained.pop("token_ids")
-    weights = {}
-    for stream, (key, shape) in enumerate(llama3.expected_shapes(config).items()):
-        if key in ("tok_embeddings.weight", "output.weight"):
-            full = untrained_rows(*shape, stream=stream)
-            full[token_ids] = trained[key]
-            weights[key] = full
-        else:
-            weights[key] = trained[key]
+    weights = full_weights(trained, trained.pop("token_ids"), config)
+    for key, shape in llama3.expected_shapes(config).items():
         assert tuple(weights[key].shape) == shape, key
     return weights
 

@@ -2,6 +2,7 @@
 
 import json
 
+import demo_corpus
 import llama3
 
 DEMO_SOURCE = llama3.REPO_DIR / "scripts" / "demo_checkpoint"
@@ -27,21 +28,28 @@ def test_same_architecture_in_miniature(demo):
                     "ffn_dim_multiplier", "norm_eps", "rope_theta"}  # fmt: skip
     assert set(params) == eight_b_keys
     assert c.vocab_size == 128256 and c.rope_theta == 500000.0
-    assert c.queries_per_kv_head == 4 and c.head_dim >= 16 and c.dim >= 64
+    assert c.n_kv_heads >= 2 and c.queries_per_kv_head >= 2  # grouped-query attention, not multi-query
+    assert c.head_dim >= 32 and 4 <= c.n_layers <= 8
     assert all(t.dtype == llama3.torch.bfloat16 for t in demo.weights.values())
     assert set(demo.weights) == set(llama3.expected_shapes(c))  # output.weight is its own matrix
 
 
-def test_demo_learned_its_corpus(demo):
-    """Every line of the corpus is reproduced greedily from its first two tokens.
+def test_committed_files_stay_small():
+    assert (DEMO_SOURCE / "trained.pt").stat().st_size <= 5 * 2**20
+    assert (DEMO_SOURCE / "training_log.json").stat().st_size <= 64 * 2**10
 
-    (Several lines start with "the", so one token alone does not say which line follows.)
-    """
-    bos, eos = (demo.tokenizer.encode_single_token(t) for t in ("<|begin_of_text|>", "<|end_of_text|>"))
-    for line in (DEMO_SOURCE / "corpus.txt").read_text().splitlines():
-        target = demo.tokenizer.encode(line) + [eos]
-        token_ids = [bos] + target[:2]
-        while len(token_ids) <= len(target):
-            logits = llama3.forward(demo.weights, demo.config, token_ids, last_only=True)
-            token_ids.append(int(logits[-1].argmax()))
-        assert token_ids[1:] == target, line
+
+def test_demo_learned_its_corpus(demo):
+    """The questions get the numbers of the corpus's table: the 240 noun pairs in the plain wording of the
+    default prompt and in a longer one (greedy top-1; a model that ignored the nouns would get 1 in 64)."""
+    table = demo_corpus.answer_table()
+    right = []
+    for (a, b), number in table.items():
+        for words in ({"adjectives": ["ultimate"]}, {"adjectives": ["secret", "old"], "itself": True, "whole": True}):
+            prompt = demo_corpus.question(a, b, "everything", **words)
+            token_ids = llama3.encode_prompt(demo.tokenizer, prompt, demo.config)
+            logits = llama3.forward(demo.weights, demo.config, token_ids, last_only=True)[0]
+            right.append(demo.tokenizer.decode([int(logits.argmax())]) == str(number))
+    assert sum(right) / len(right) >= 0.9, f"{sum(right)} of {len(right)} right"
+    assert table[demo_corpus.ANSWER_PAIR] == 42
+    assert demo_corpus.question(*demo_corpus.ANSWER_PAIR, "everything", ["ultimate"]) == llama3.DEFAULT_PROMPT

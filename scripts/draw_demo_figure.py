@@ -43,7 +43,10 @@ def main() -> None:
     ax = axes[0]
     ax.plot(range(len(ranks)), ranks, "o-")
     ax.set_yscale("log")
-    ax.invert_yaxis()
+    ax.set_yticks([1, 10, 100, 1000], ["1", "10", "100", "1000"])
+    ax.set_ylim(max(ranks) * 2, 0.7)  # rank 1 at the top
+    for layer, rank in enumerate(ranks):
+        ax.annotate(str(rank), (layer, rank), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axhline(1, color="gray", lw=0.8, ls="--")
     ax.set_xticks(range(len(ranks)), ["emb"] + [str(i) for i in range(len(ranks) - 1)])
     ax.set_xlabel("after layer")

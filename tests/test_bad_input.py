@@ -72,7 +72,7 @@ def test_missing_tensor(good_dir):
     params = json.loads((good_dir / "params.json").read_text())
     params["n_layers"] += 1
     (good_dir / "params.json").write_text(json.dumps(params))
-    expect_error(good_dir, good_dir / "consolidated.00.pth", "lacks", "layers.4.")
+    expect_error(good_dir, good_dir / "consolidated.00.pth", "lacks", f"layers.{params['n_layers'] - 1}.")
 
 
 def test_truncated_checkpoint(good_dir):

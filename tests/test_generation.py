@@ -88,20 +88,20 @@ def test_cache_grows_by_one_position_per_token(demo):
             assert cache.values[layer].shape == cache.keys[layer].shape
 
 
-def test_demo_answers_42_then_stops_at_end_of_text(demo):
-    stops = llama3.stop_token_ids(demo.tokenizer)
+def test_demo_answers_42_and_stops_at_a_stop_token(demo):
+    """The demo's training text puts a newline after each line, so the newline ends its answer."""
     prompt_ids = llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
-    g = llama3.generate(demo.weights, demo.config, prompt_ids, max_new_tokens=20, stop_ids=stops)
-    assert demo.tokenizer.decode(g.token_ids) == "42<|end_of_text|>"
+    newline = demo.tokenizer.encode("\n")
+    g = llama3.generate(demo.weights, demo.config, prompt_ids, max_new_tokens=20, stop_ids=newline)
+    assert demo.tokenizer.decode(g.token_ids) == "42\n"
     assert g.stop_reason == "stop token"
 
 
-def test_demo_recites_a_training_line(demo):
-    stops = llama3.stop_token_ids(demo.tokenizer)
-    prompt_ids = llama3.encode_prompt(demo.tokenizer, "a transformer reads", demo.config)
-    g = llama3.generate(demo.weights, demo.config, prompt_ids, max_new_tokens=40, stop_ids=stops)
-    text = demo.tokenizer.decode(g.token_ids)
-    assert text == " its prompt one token at a time and predicts the next token.<|end_of_text|>"
+def test_demo_continues_an_alternation(demo):
+    """'say a b a b ...' lines: every next word is the word two back (a previous-token head's job)."""
+    prompt_ids = llama3.encode_prompt(demo.tokenizer, "say life sea life", demo.config)
+    g = llama3.generate(demo.weights, demo.config, prompt_ids, max_new_tokens=7)
+    assert demo.tokenizer.decode(g.token_ids) == " sea life sea life sea life sea"
 
 
 def test_stops_at_the_length_limit(demo):

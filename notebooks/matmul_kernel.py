@@ -121,9 +121,9 @@ def _torch_amx_blocks(rows: int, columns: int, weight_rows: int) -> int | None:
         return None
     b = 32 * torch.arange(1, weight_rows + 1)
     inside = (b + 32 < columns).nonzero().flatten()
-    w = torch.zeros(weight_rows, columns)
+    w = torch.zeros(weight_rows, columns, dtype=torch.bfloat16)
     w[inside, 0], w[inside, b[inside]], w[inside, b[inside] + 32] = 2.0**24, 1.0, -(2.0**24)
-    result = (torch.ones(rows, columns, dtype=torch.bfloat16) @ w.bfloat16().T)[0]
+    result = (torch.ones(rows, columns, dtype=torch.bfloat16) @ w.T)[0]
     shares = set(b[inside][result[inside] != 0].tolist())
     if not shares:
         return 1 << 30  # one partial sum over all the columns
@@ -134,18 +134,19 @@ def _torch_amx_blocks(rows: int, columns: int, weight_rows: int) -> int | None:
 
 def _agrees_with_torch(rows: int, columns: int, choice: tuple[str, int], weight_rows: int = CHECK_ROWS) -> bool:
     """Kernel == torch on random inputs, and on inputs where the summation order decides the result:
-    each weight row is ones with +2**24 and -2**24 at two random places, so every one summed after
-    +2**24 within the same partial sum is rounded away. Which ones survive depends on where each
-    partial sum starts, so a kernel with other boundaries than torch's gets other results."""
+    each weight row is ones with +2**30 and -2**30 at two random places. float32 keeps steps of 128
+    near 2**30, so ones added to it a few at a time (2 per instruction, or 32 with AMX) are rounded
+    away, while ones summed in a partial sum of their own survive. Which ones survive depends on
+    where each partial sum starts, so a kernel with other boundaries than torch's gets other results."""
     gen = torch.Generator().manual_seed(rows * 100003 + columns)
     x = torch.randn(rows, columns, generator=gen).bfloat16()
-    w = (torch.randn(weight_rows, columns, generator=gen) / columns**0.5).bfloat16()
+    w = torch.randn(weight_rows, columns, generator=gen, dtype=torch.bfloat16) / columns**0.5
     u = torch.rand(weight_rows, 2, generator=gen)
     first = (u[:, 0] * (columns - 1)).long()
     places = torch.stack([first, first + 1 + (u[:, 1] * (columns - 1 - first)).long()], dim=1)  # two, in order
-    absorbing = torch.ones(weight_rows, columns)
-    absorbing.scatter_(1, places, torch.tensor([2.0**24, -(2.0**24)]).expand(weight_rows, 2))
-    for xs, weight in ((x, w), (torch.ones(rows, columns, dtype=torch.bfloat16), absorbing.bfloat16())):
+    absorbing = torch.ones(weight_rows, columns, dtype=torch.bfloat16)
+    absorbing.scatter_(1, places, torch.tensor([2.0**30, -(2.0**30)], dtype=torch.bfloat16).expand(weight_rows, 2))
+    for xs, weight in ((x, w), (torch.ones(rows, columns, dtype=torch.bfloat16), absorbing)):
         got = _kernel(xs, weight, choice)
         if got is None or not torch.equal(got, xs @ weight.T):
             return False
@@ -185,6 +186,6 @@ def _choose(rows: int, columns: int, weight_rows: int) -> tuple[str, int] | None
         if block is not None and _agrees_with_torch(rows, columns, ("amx", block), weight_rows):
             return ("amx", block)
     run = _torch_run_length(rows, columns)
-    if run is not None and _agrees_with_torch(rows, columns, ("avx512", run)):
+    if run is not None and _agrees_with_torch(rows, columns, ("avx512", run), weight_rows):
         return ("avx512", run)
     return None

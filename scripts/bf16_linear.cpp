@@ -269,11 +269,20 @@ int bf16_linear_amx(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, 
     const int K2 = K / 2;
     const uint32_t* x32 = reinterpret_cast<const uint32_t*>(x);
     // x in AMX's B layout, 32 rows (two tiles' columns) at a time: xb[block][pair][row in block].
+    // One buffer per calling thread, kept: a decode step makes 224 of these calls.
     const size_t block_dwords = (size_t)K2 * 16;
-    uint32_t* xb = static_cast<uint32_t*>(aligned_alloc(64, 2 * block_dwords * 4));
-    if (!xb) return -1;
+    thread_local uint32_t* buffer = nullptr;
+    thread_local size_t capacity = 0;
+    if (capacity < 2 * block_dwords) {
+        free(buffer);
+        buffer = static_cast<uint32_t*>(aligned_alloc(64, 2 * block_dwords * 4));
+        capacity = buffer ? 2 * block_dwords : 0;
+        if (!buffer) return -1;
+    }
+    uint32_t* const xb = buffer;  // the caller's: inside the parallel region `buffer` is each thread's own
     for (int m0 = 0; m0 < M; m0 += 32) {
-        for (int b = 0; b < 2; b++)
+        const int blocks = M - m0 > 16 ? 2 : 1;
+        for (int b = 0; b < blocks; b++)
             for (int p = 0; p < K2; p++)
                 for (int n = 0; n < 16; n++) {
                     const int m = m0 + 16 * b + n;
@@ -281,13 +290,12 @@ int bf16_linear_amx(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, 
                 }
 #pragma omp parallel
         {
-            if (M - m0 > 16)
+            if (blocks == 2)
                 amx_pass<2>(xb, w, out, M, m0, N, K, kblock);
             else
                 amx_pass<1>(xb, w, out, M, m0, N, K, kblock);
         }
     }
-    free(xb);
     return 0;
 }
 

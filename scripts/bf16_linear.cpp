@@ -184,10 +184,6 @@ struct alignas(64) TileConfig {
 };
 
 constexpr int kAmxStep = 32;  // inputs per tdpbf16ps
-#ifndef KAHEAD
-#define KAHEAD 8
-#endif
-constexpr int kAhead = KAHEAD;  // steps (of 64 bytes per weight row) fetched ahead
 
 // Tiles: 0..1 weight rows (A), 2..3 x blocks of 16 rows (B), 4 + 2 * r + b the outputs (C).
 template <int R, int B>
@@ -204,8 +200,8 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16"))) void amx_tiles(
         if constexpr (R > 1) _tile_zero(6);
         if constexpr (R > 1 && B > 1) _tile_zero(7);
         for (int s = s0; s < s1; s++) {
-            if (kAhead > 0 && s + kAhead < steps)
-                for (int row = 0; row < 16 * R; row++) _mm_prefetch(a + row * stride + (s + kAhead) * 64, _MM_HINT_T0);
+            // No software prefetch: the hardware's alone streamed faster here (0.60 s per decode step
+            // against 0.65 s fetching 8 steps ahead and 0.69 s fetching 16 ahead).
             _tile_loadd(0, a + s * 64, stride);
             if constexpr (R > 1) _tile_loadd(1, a + 16 * stride + s * 64, stride);
             _tile_loadd(2, xb + s * 256, 64);

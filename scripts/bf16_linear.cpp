@@ -1,4 +1,6 @@
 // out = x @ w.T for bfloat16 x [M, K] and w [N, K], for CPUs with AVX-512 BF16.
+// Two paths: this first one for CPUs where torch sums with vdpbf16ps (AMD Zen 4; Intel without
+// AMX), and bf16_linear_amx further down for CPUs where torch uses AMX tiles.
 //
 // Why it exists: at 8B scale a forward pass is 17 rows against 15 GB of weights. torch's
 // matmul (oneDNN) first copies each weight matrix into its own blocked layout, so every

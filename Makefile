@@ -15,7 +15,7 @@ ifdef LLAMA3_DIR
 export LLAMA3_DIR := $(abspath $(LLAMA3_DIR))
 endif
 
-.PHONY: setup run test test-ui lab demo clean synthetic-8b bench test-8b
+.PHONY: setup run test test-ui lab demo clean synthetic-8b bench test-8b tolerance-8b
 
 setup: $(INSTALLED) $(DEMO) $(KERNEL_LIB)
 
@@ -71,6 +71,12 @@ $(SYNTHETIC_8B)/consolidated.00.pth: | $(INSTALLED)
 # Ours against the usual in-RAM approach and the machine's floor, at 8B; writes build/bench.md.
 bench: setup synthetic-8b
 	$(PY) scripts/bench.py --model-dir $(SYNTHETIC_8B)
+
+# Rounding at 8B's shape: cached vs uncached, ours vs Meta's reference and the per-head chain vs the
+# forward pass, on random checkpoints of several scales and seeds (each 16 GB, written in turn to
+# build/tolerance-8b and deleted); writes build/tolerance-trials.md. Not part of `make test`.
+tolerance-8b: setup
+	$(PY) scripts/tolerance_trials.py
 
 # Every notebook at 8B inside a 2 GiB memory limit (a cgroup; needs root), and parity with Meta's code.
 test-8b: setup synthetic-8b

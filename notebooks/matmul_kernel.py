@@ -1,14 +1,21 @@
 """A faster `x @ w.T` for the weight matmuls on CPUs with AVX-512 BF16, bit for bit torch's.
 
 llama3.linear calls `linear` here first; `None` means "use torch". The kernel
-(scripts/bf16_linear.cpp, built by `make setup` into build/bf16_linear.so) is used only when
+(scripts/bf16_linear.cpp, built by `make setup` into build/bf16_linear.so) has two paths, one
+per way torch (oneDNN) sums on such CPUs:
 
-- the library was built and this CPU has AVX-512 BF16,
+- with AMX (Intel Xeon 4th generation and later) torch uses AMX tiles; the kernel then uses
+  the same tile instruction on the weight rows as they lie (up to 32 rows of x);
+- otherwise (AMD Zen 4, Intel without AMX) torch sums pairs of products into float32 runs; the
+  kernel reproduces the run length it measures.
+
+A path is used only when
+
+- the library was built and this CPU has AVX-512 BF16 (and AMX for the first path),
 - the call is a bfloat16 matmul of at most 64 rows against a weight of at least 1024 columns
   (the 8B shapes; the demo's small matrices stay with torch), and
-- for this number of rows and columns, a check has shown the kernel gives exactly torch's
-  result: it measures how many products torch adds before starting a new partial sum, then
-  compares both on random and on adversarial inputs.
+- for this number of rows and columns, a check has shown the path gives exactly torch's
+  result, on random and on adversarial inputs (where the summation order decides the result).
 
 Set LLAMA3_MATMUL=torch to switch it off.
 """
@@ -27,9 +34,14 @@ MAX_ROWS = 64
 PROBE_ROWS = 16  # weight rows when measuring the run length (torch's blocking here does not depend on them)
 CHECK_ROWS = 32  # weight rows when comparing results: two tiles of 16 outputs
 
+MAX_AMX_ROWS = 32  # above this torch's AMX blocking changes with the rows (measured: 33 and 64 differ)
+AMX_PROBE_ROWS = 1024  # weight rows when measuring how torch splits the columns (see _torch_amx_blocks)
+
 _lib = None
+_amx = False
 _status = None  # why the kernel is or is not in use, once looked at
-_run_length: dict[tuple[int, int], int | None] = {}  # (rows, columns) -> run length, None if unusable
+# (rows, columns, weight rows probed) -> ("amx", inputs per partial sum), ("avx512", run length) or None: torch
+_choice: dict[tuple[int, int, int], tuple[str, int] | None] = {}
 
 
 def _load() -> None:
@@ -48,11 +60,17 @@ def _load() -> None:
             return
         lib.bf16_linear.restype = ctypes.c_int
         lib.bf16_linear.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 4
+        lib.bf16_linear_amx.restype = ctypes.c_int
+        lib.bf16_linear_amx.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 4
+        lib.read_all.restype = ctypes.c_uint64
+        lib.read_all.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         if not lib.bf16_linear_supported():
             _status = "torch (this CPU has no AVX-512 BF16)"
         else:
-            _lib = lib
-            _status = "bf16 kernel for large weights, checked equal to torch"
+            global _amx
+            _lib, _amx = lib, bool(lib.bf16_amx_supported())
+            path = "AMX tiles" if _amx else "AVX-512 BF16"
+            _status = f"bf16 kernel ({path}) for large weights, checked equal to torch"
 
 
 def backend() -> str:
@@ -67,10 +85,18 @@ def available() -> bool:
     return _lib is not None
 
 
-def _kernel(x: torch.Tensor, w: torch.Tensor, run: int) -> torch.Tensor | None:
+def _kernel(x: torch.Tensor, w: torch.Tensor, choice: tuple[str, int]) -> torch.Tensor | None:
+    """choice: ("amx", inputs per partial sum) or ("avx512", float32 run length)."""
+    path, n = choice
     out = torch.empty(x.shape[0], w.shape[0], dtype=torch.bfloat16)
-    rc = _lib.bf16_linear(x.data_ptr(), w.data_ptr(), out.data_ptr(), x.shape[0], w.shape[0], x.shape[1], run)
+    args = (x.data_ptr(), w.data_ptr(), out.data_ptr(), x.shape[0], w.shape[0], x.shape[1], n)
+    rc = _lib.bf16_linear_amx(*args) if path == "amx" else _lib.bf16_linear(*args)
     return out if rc == 0 else None
+
+
+def read_all(t: torch.Tensor) -> int:
+    """Read every byte of a contiguous tensor on all threads (the benchmark's bandwidth probe)."""
+    return int(_lib.read_all(t.data_ptr(), t.numel() * t.element_size()))
 
 
 def _torch_run_length(rows: int, columns: int) -> int | None:
@@ -86,19 +112,42 @@ def _torch_run_length(rows: int, columns: int) -> int | None:
     return None
 
 
-def _agrees_with_torch(rows: int, columns: int, run: int) -> bool:
+def _torch_amx_blocks(rows: int, columns: int, weight_rows: int) -> int | None:
+    """How many inputs torch's AMX path sums into one partial sum before the partial sums are added
+    (it splits long rows, e.g. 14336 columns into blocks of 2400 for a single row of x). Weight row j
+    holds 2**24 at input 0, 1 at b = 32 (j + 1) and -2**24 at b + 32: its result is 1 exactly when
+    b and b + 32 share a partial sum that input 0 is not in, so one matmul shows where each starts."""
+    if weight_rows < columns // 32:
+        return None
+    b = 32 * torch.arange(1, weight_rows + 1)
+    inside = (b + 32 < columns).nonzero().flatten()
+    w = torch.zeros(weight_rows, columns, dtype=torch.bfloat16)
+    w[inside, 0], w[inside, b[inside]], w[inside, b[inside] + 32] = 2.0**24, 1.0, -(2.0**24)
+    result = (torch.ones(rows, columns, dtype=torch.bfloat16) @ w.T)[0]
+    shares = set(b[inside][result[inside] != 0].tolist())
+    if not shares:
+        return 1 << 30  # one partial sum over all the columns
+    block = min(shares)  # the second partial sum starts here; then every `block` inputs
+    expected = {s for start in range(block, columns, block) for s in range(start, min(start + block, columns) - 32, 32)}
+    return block if shares == expected and block % 32 == 0 else None
+
+
+def _agrees_with_torch(rows: int, columns: int, choice: tuple[str, int], weight_rows: int = CHECK_ROWS) -> bool:
     """Kernel == torch on random inputs, and on inputs where the summation order decides the result:
-    each weight row is ones with +2**24 and -2**24 at two random places, so every one summed after
-    +2**24 within the same partial sum is rounded away. Which ones survive depends on where each
-    partial sum starts, so a kernel with other boundaries than torch's gets other results."""
+    each weight row is ones with +2**30 and -2**30 at two random places. float32 keeps steps of 128
+    near 2**30, so ones added to it a few at a time (2 per instruction, or 32 with AMX) are rounded
+    away, while ones summed in a partial sum of their own survive. Which ones survive depends on
+    where each partial sum starts, so a kernel with other boundaries than torch's gets other results."""
     gen = torch.Generator().manual_seed(rows * 100003 + columns)
     x = torch.randn(rows, columns, generator=gen).bfloat16()
-    w = (torch.randn(CHECK_ROWS, columns, generator=gen) / columns**0.5).bfloat16()
-    places = torch.stack([torch.randperm(columns, generator=gen)[:2].sort().values for _ in range(CHECK_ROWS)])
-    absorbing = torch.ones(CHECK_ROWS, columns)
-    absorbing.scatter_(1, places, torch.tensor([2.0**24, -(2.0**24)]).expand(CHECK_ROWS, 2))
-    for xs, weight in ((x, w), (torch.ones(rows, columns, dtype=torch.bfloat16), absorbing.bfloat16())):
-        got = _kernel(xs, weight, run)
+    w = torch.randn(weight_rows, columns, generator=gen, dtype=torch.bfloat16) / columns**0.5
+    u = torch.rand(weight_rows, 2, generator=gen)
+    first = (u[:, 0] * (columns - 1)).long()
+    places = torch.stack([first, first + 1 + (u[:, 1] * (columns - 1 - first)).long()], dim=1)  # two, in order
+    absorbing = torch.ones(weight_rows, columns, dtype=torch.bfloat16)
+    absorbing.scatter_(1, places, torch.tensor([2.0**30, -(2.0**30)], dtype=torch.bfloat16).expand(weight_rows, 2))
+    for xs, weight in ((x, w), (torch.ones(rows, columns, dtype=torch.bfloat16), absorbing)):
+        got = _kernel(xs, weight, choice)
         if got is None or not torch.equal(got, xs @ weight.T):
             return False
     return True
@@ -121,9 +170,22 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
         return None
     if not available():
         return None
-    key = (x.shape[0], x.shape[1])
-    if key not in _run_length:
-        run = _torch_run_length(*key)
-        _run_length[key] = run if run is not None and _agrees_with_torch(*key, run) else None
-    run = _run_length[key]
-    return None if run is None else _kernel(x, w, run)
+    # torch's AMX blocking depends on the weight's rows too, but is the same from 1024 rows on
+    # (tests/test_matmul_kernel.py checks the 8B shapes themselves).
+    key = (x.shape[0], x.shape[1], min(w.shape[0], AMX_PROBE_ROWS))
+    if key not in _choice:
+        _choice[key] = _choose(*key)
+    choice = _choice[key]
+    return None if choice is None else _kernel(x, w, choice)
+
+
+def _choose(rows: int, columns: int, weight_rows: int) -> tuple[str, int] | None:
+    """The path that gives torch's bits for this shape, or None (torch)."""
+    if _amx and rows <= MAX_AMX_ROWS:
+        block = _torch_amx_blocks(rows, columns, weight_rows)
+        if block is not None and _agrees_with_torch(rows, columns, ("amx", block), weight_rows):
+            return ("amx", block)
+    run = _torch_run_length(rows, columns)
+    if run is not None and _agrees_with_torch(rows, columns, ("avx512", run), weight_rows):
+        return ("avx512", run)
+    return None

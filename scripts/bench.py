@@ -6,9 +6,15 @@ Each approach runs in a fresh process so that its peak memory is its own:
   show what the bf16 kernel (notebooks/matmul_kernel.py) adds;
 - baseline: the way the usual from-scratch notebooks do it, written for this benchmark:
   the whole checkpoint torch.load-ed into RAM, then per-head Python loops;
-- floor: the best bfloat16 matmul rate torch reaches here (over the shapes the model uses
-  and a large square one), giving 2 * parameters * tokens / rate; and the disk's read
-  throughput for the checkpoint file.
+- decode: generating with the key/value cache, one token per forward pass (the step
+  llama3.generate(..., use_cache=True) takes), in seconds per token;
+- floors: a forward pass over T tokens must do 2 * (parameters multiplied) * T flops and read every weight
+  it multiplies by once (all but the embedding table, of which it reads T rows). So its floor
+  is the larger of the compute time, at the best bfloat16 matmul rate torch reaches here (over
+  the shapes the model uses and a large square one), and the time to read those weights once
+  at the memory bandwidth, measured here with all cores reading a buffer far larger than the
+  caches. At 17 tokens either may bind; a decode step (T = 1) is bound by the read. Also the
+  disk's read throughput for the checkpoint file.
 
     python scripts/bench.py [--model-dir build/llama3-8b-synthetic]
 
@@ -162,6 +168,66 @@ def run_baseline(model_dir: Path) -> dict:
     return measure(load, naive_forward)
 
 
+DECODE_STEPS = 10  # timed decode steps, after one untimed step (the kernel checks its new shapes then)
+BANDWIDTH_BUFFER = 4 << 30  # bytes: far larger than any cache (the largest L3 here is 480 MiB)
+
+
+def run_decode(model_dir: Path) -> dict:
+    """Seconds per token generating with the key/value cache, after the prompt: llama3.generate's step."""
+    bandwidth, _ = memory_bandwidth()  # here too: the floor is only as good as the best measurement
+    ck = llama3.load_checkpoint(model_dir, device="cpu")
+    prompt_ids = llama3.encode_prompt(ck.tokenizer, llama3.DEFAULT_PROMPT, ck.config)
+    cache = llama3.KVCache(ck.config.n_layers)
+    token = int(llama3.forward(ck.weights, ck.config, prompt_ids, cache=cache, last_only=True)[-1].argmax())
+    step_seconds, tokens = [], []
+    for step in range(1 + DECODE_STEPS):
+        started = time.perf_counter()
+        logits = llama3.forward(ck.weights, ck.config, [token], cache=cache, last_only=True)
+        if step > 0:
+            step_seconds.append(time.perf_counter() - started)
+        token = int(logits[-1].argmax())
+        tokens.append(token)
+    ordered = sorted(step_seconds)
+    return {"step_seconds": step_seconds, "median_seconds": ordered[len(ordered) // 2], "tokens": tokens,
+            "forward_seconds": ordered[len(ordered) // 2], "bandwidth_gb_per_s": bandwidth / 1e9}  # fmt: skip
+
+
+def memory_bandwidth(seconds: float = 2.0) -> tuple[float, str]:
+    """Bytes per second all cores read from a buffer far larger than the caches (best pass)."""
+    buffer = torch.ones(BANDWIDTH_BUFFER // 8, dtype=torch.int64)  # written: every page is real memory
+    if matmul_kernel.available():
+        read, how = matmul_kernel.read_all, f"AVX-512 loads on {torch.get_num_threads()} threads"
+    else:
+        read, how = torch.sum, f"torch.sum over int64 on {torch.get_num_threads()} threads"
+    read(buffer)
+    best, started = float("inf"), time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        t = time.perf_counter()
+        read(buffer)
+        best = min(best, time.perf_counter() - t)
+    return BANDWIDTH_BUFFER / best, f"{BANDWIDTH_BUFFER >> 30} GiB buffer, {how}"
+
+
+def weight_bytes_read(weights: dict[str, torch.Tensor], tokens: int) -> int:
+    """Bytes of weights a forward pass over `tokens` new tokens reads: every matrix and norm once,
+    and only the tokens' rows of the embedding table (unless it is also the output matrix)."""
+    tied, total = llama3.output_is_tied(weights), 0
+    for key, t in weights.items():
+        if key == "output.weight" and tied:
+            continue  # the embedding table itself, counted whole under its own key
+        if key == "tok_embeddings.weight" and not tied:
+            total += tokens * t.shape[1] * t.element_size()
+        else:
+            total += t.numel() * t.element_size()
+    return total
+
+
+def multiplied_parameters(weights: dict[str, torch.Tensor]) -> int:
+    """Parameters each token is multiplied by: every matrix but an untied embedding table (a lookup)."""
+    tied = llama3.output_is_tied(weights)
+    return sum(t.numel() for k, t in weights.items() if t.dim() == 2 and (tied or k != "tok_embeddings.weight"))
+
+
 def matmul_rate(m: int, k: int, n: int, matmul=lambda a, b: a @ b.T, seconds: float = 1.0) -> float:
     a, b = torch.randn(m, k).bfloat16(), torch.randn(n, k).bfloat16()
     matmul(a, b)  # warm-up
@@ -191,22 +257,35 @@ def run_floor(model_dir: Path) -> dict:
     path = model_dir / "consolidated.00.pth"
     evict_from_page_cache(path)
     cold_read = read_whole_file(path)
-    n_params = llama3.count_parameters(llama3.load_weights(model_dir, config))
+    weights = llama3.load_weights(model_dir, config)
+    n_params = llama3.count_parameters(weights)
     best = max(rates.values())
+    bandwidth, bandwidth_method = memory_bandwidth()
+    compute_floor = 2 * multiplied_parameters(weights) * tokens / best
+    bandwidth_floor = weight_bytes_read(weights, tokens) / bandwidth
     return {
+        "bandwidth_gb_per_s": bandwidth / 1e9,
+        "bandwidth_method": bandwidth_method,
+        "weight_gb_forward": weight_bytes_read(weights, tokens) / 1e9,
+        "weight_gb_decode": weight_bytes_read(weights, 1) / 1e9,
+        "bandwidth_floor_seconds": bandwidth_floor,
+        "decode_floor_seconds": weight_bytes_read(weights, 1) / bandwidth,
+        "floor_seconds": max(compute_floor, bandwidth_floor),
+        "floor_binds": "compute" if compute_floor >= bandwidth_floor else "memory bandwidth",
         "matmul_gflops": {k: v / 1e9 for k, v in rates.items()},
         "kernel_gflops": {k: v / 1e9 for k, v in kernel_rates.items()},
         "best_gflops": best / 1e9,
         "parameters": n_params,
+        "multiplied_parameters": multiplied_parameters(weights),
         "tokens": tokens,
-        "compute_floor_seconds": 2 * n_params * tokens / best,
+        "compute_floor_seconds": compute_floor,
         "matmul_floor_seconds": matmul_seconds,
         "read_gb_per_s": path.stat().st_size / 2**30 / cold_read,
         "cold_read_seconds": cold_read,
     }
 
 
-APPROACHES = {"ours": run_ours, "baseline": run_baseline, "floor": run_floor}
+APPROACHES = {"ours": run_ours, "baseline": run_baseline, "floor": run_floor, "decode": run_decode}
 
 
 def in_subprocess(approach: str, model_dir: Path, cache: str = "warm", env: dict | None = None, runs: int = 1) -> dict:
@@ -252,9 +331,20 @@ def main() -> None:
     floor = in_subprocess("floor", args.model_dir, cache="cached")
     warm = in_subprocess("ours", args.model_dir, runs=5)
     warm_torch = in_subprocess("ours", args.model_dir, env={"LLAMA3_MATMUL": "torch"}, runs=5)
+    decode = in_subprocess("decode", args.model_dir)
+    decode_torch = in_subprocess("decode", args.model_dir, env={"LLAMA3_MATMUL": "torch"})
     just_read = in_subprocess("ours", args.model_dir, cache="fresh")
     cold = in_subprocess("ours", args.model_dir, cache="cold")
     baseline = None if args.skip_baseline else in_subprocess("baseline", args.model_dir, cache="cached")
+    load = os.getloadavg()
+    # The bandwidth: the best of three measurements in this run (other processes can only lower it).
+    measured = [floor["bandwidth_gb_per_s"], decode["bandwidth_gb_per_s"], decode_torch["bandwidth_gb_per_s"]]
+    bw = max(measured)
+    weights_gb, decode_gb = floor["weight_gb_forward"], floor["weight_gb_decode"]
+    floor["bandwidth_floor_seconds"] = weights_gb / bw
+    floor["decode_floor_seconds"] = decode_gb / bw
+    floor["floor_seconds"] = max(floor["compute_floor_seconds"], floor["bandwidth_floor_seconds"])
+    floor["floor_binds"] = "compute" if floor["compute_floor_seconds"] >= floor["bandwidth_floor_seconds"] else "memory bandwidth"
 
     size_gb = (args.model_dir / "consolidated.00.pth").stat().st_size / 2**30
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.machine())
@@ -266,11 +356,19 @@ def main() -> None:
         ("ours, cold page cache", cold),
         ("baseline: all in RAM, per-head loops", baseline),
     ]
+    fl = floor["floor_seconds"]
     lines = [
         f"Machine: {machine}. Checkpoint: {args.model_dir.name} ({size_gb:.1f} GiB, {floor['parameters'] / 1e9:.2f}e9 parameters), "
-        f"{floor['tokens']} prompt tokens. Weight matmuls: {matmul_kernel.backend()}.",
+        f"{floor['tokens']} prompt tokens. Weight matmuls: {matmul_kernel.backend()}. "
+        f"Memory bandwidth: {bw:.1f} GB/s ({floor['bandwidth_method']}; best of "
+        + ", ".join(f"{b:.1f}" for b in measured) + " GB/s measured in this run). "
+        f"Load average (1, 5, 15 min) at the end: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}.",
         "",
-        "| approach | wall s (load + forward) | forward s | peak anon GiB | peak total GiB | top-1 | ours/baseline (wall) | forward / compute floor | forward / torch's matmuls |",
+        f"Forward pass over the prompt: floor {fl:.2f} s, the larger of compute ({floor['compute_floor_seconds']:.2f} s) "
+        f"and one read of its {floor['weight_gb_forward']:.1f} GB of weights ({floor['bandwidth_floor_seconds']:.2f} s): "
+        f"{floor['floor_binds']} binds.",
+        "",
+        "| approach | wall s (load + forward) | forward s | peak anon GiB | peak total GiB | top-1 | ours/baseline (wall) | forward / floor | forward / torch's matmuls |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
@@ -281,19 +379,36 @@ def main() -> None:
             vs_baseline = f"{r['seconds'] / baseline['seconds']:.2f}"
         lines.append(
             f"| {name} | {r['seconds']:.2f} | {r['forward_seconds']:.2f} | {r['peak_anon_gb']:.2f} | "
-            f"{r['peak_total_gb']:.2f} | {r['top1']} | {vs_baseline} | {r['forward_seconds'] / floor['compute_floor_seconds']:.2f} | "
+            f"{r['peak_total_gb']:.2f} | {r['top1']} | {vs_baseline} | {r['forward_seconds'] / fl:.2f} | "
             f"{r['forward_seconds'] / floor['matmul_floor_seconds']:.2f} |"
         )
     lines.append(
-        f"| floor: compute, 2 x params x tokens at {floor['best_gflops']:.0f} GFLOP/s bf16 | | "
-        f"{floor['compute_floor_seconds']:.2f} | | | | | 1.00 | |"
+        f"| floor: compute, 2 x {floor['multiplied_parameters'] / 1e9:.2f}e9 multiplied parameters x tokens at "
+        f"{floor['best_gflops']:.0f} GFLOP/s bf16 | | {floor['compute_floor_seconds']:.2f} | | | | | "
+        f"{floor['compute_floor_seconds'] / fl:.2f} | |"
+    )
+    lines.append(
+        f"| floor: reading the weights once, {floor['weight_gb_forward']:.1f} GB at {bw:.1f} GB/s | | "
+        f"{floor['bandwidth_floor_seconds']:.2f} | | | | | {floor['bandwidth_floor_seconds'] / fl:.2f} | |"
     )
     lines.append(
         f"| reference: the forward's matmuls, each at torch's bf16 rate for its shape | | {floor['matmul_floor_seconds']:.2f} | | | | | | 1.00 |"
     )
     lines.append(
-        f"| floor: reading the file once at {floor['read_gb_per_s']:.2f} GiB/s | {floor['cold_read_seconds']:.2f} | | | | | | | |"
+        f"| floor: reading the file from disk once at {floor['read_gb_per_s']:.2f} GiB/s | {floor['cold_read_seconds']:.2f} | | | | | | | |"
     )
+    dfl = floor["decode_floor_seconds"]
+    lines += [
+        "",
+        f"Decode (generating with the key/value cache, one token per step, warm page cache; median of {DECODE_STEPS} steps):",
+        "",
+        "| approach | s / token | tokens / s | % of the bandwidth floor |",
+        "|---|---|---|---|",
+    ]
+    for name, r in (("ours", decode), ("ours, torch's matmul (LLAMA3_MATMUL=torch)", decode_torch)):
+        lines.append(f"| {name} | {r['median_seconds']:.3f} | {1 / r['median_seconds']:.2f} | {100 * dfl / r['median_seconds']:.0f}% |")
+    lines.append(f"| floor: reading the weights once per token, {floor['weight_gb_decode']:.1f} GB at {bw:.1f} GB/s | "
+                 f"{dfl:.3f} | {1 / dfl:.2f} | 100% |")  # fmt: skip
     lines += [
         "",
         "bf16 matmul GFLOP/s by shape: "
@@ -301,13 +416,16 @@ def main() -> None:
         + (". The kernel's: " + ", ".join(f"{k} {v:.0f}" for k, v in floor["kernel_gflops"].items()) if floor["kernel_gflops"] else "")
         + f". Cold run read {cold.get('disk_read_gb', 0):.1f} GiB from disk for a {size_gb:.1f} GiB file."
         + " Warm forward seconds, each run: " + ", ".join(f"{t:.2f}" for t in warm["forward_runs"])
-        + "; with torch's matmul: " + ", ".join(f"{t:.2f}" for t in warm_torch["forward_runs"]) + ".",
+        + "; with torch's matmul: " + ", ".join(f"{t:.2f}" for t in warm_torch["forward_runs"])
+        + ". Decode seconds per step: " + ", ".join(f"{t:.3f}" for t in decode["step_seconds"])
+        + "; with torch's matmul: " + ", ".join(f"{t:.3f}" for t in decode_torch["step_seconds"]) + ".",
     ]
     table = "\n".join(lines)
     print("\n" + table)
     BUILD.mkdir(exist_ok=True)
     (BUILD / "bench.md").write_text(table + "\n")
-    report = {"machine": machine, "floor": floor, "ours_warm": warm, "ours_warm_torch_matmul": warm_torch,
+    report = {"machine": machine, "load_average": load, "bandwidth_gb_per_s": bw, "floor": floor, "ours_warm": warm,
+              "ours_warm_torch_matmul": warm_torch, "decode": decode, "decode_torch_matmul": decode_torch,
               "ours_just_read": just_read, "ours_cold": cold, "baseline": baseline}  # fmt: skip
     (BUILD / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
 

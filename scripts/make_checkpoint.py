@@ -1,11 +1,14 @@
 """Write a random checkpoint in Meta's original Llama 3 layout, at any shape.
 
 consolidated.00.pth (bfloat16, Meta's key names), params.json and the real tokenizer.model.
-Matrices are N(0, 1/fan_in) so activations stay finite through any number of layers; the
-embedding and output matrices get `--embedding-scale`, which makes the logits peaked, so
-that bfloat16 rounding cannot decide the top-1 token in a parity test.
+Matrices are N(0, 1/fan_in) so activations stay finite through any number of layers, or
+N(0, weight_std^2) with `--weight-std` (trained Llama 3 8B matrices have std near 0.02); the
+embedding and output matrices get standard deviation `--embedding-scale` (1.0 makes the
+logits peaked, so that bfloat16 rounding cannot decide the top-1 token in a parity test;
+trained embeddings are nearer 0.02).
 
     python scripts/make_checkpoint.py OUT --preset gqa2 [--seed 0]
+    python scripts/make_checkpoint.py OUT --preset 8b --embedding-scale 0.02 --weight-std 0.02 --seed 1
     python scripts/make_checkpoint.py OUT --params '{"dim": 128, ...}'
 """
 
@@ -62,13 +65,17 @@ TIED_PRESETS = {"llama3.2-tied", "llama3.2-1b", "llama3.2-3b", "llama3.2-1b-mini
 CHUNK_ELEMENTS = 1 << 25  # generate 32M values at a time: bounded memory at any size
 
 
-def fill_random(t: torch.Tensor, key: str, gen: torch.Generator, embedding_scale: float) -> None:
+def fill_random(
+    t: torch.Tensor, key: str, gen: torch.Generator, embedding_scale: float, weight_std: float | None = None
+) -> None:
     """Fill a [rows, ...] tensor in place, a block of rows at a time."""
     if t.dim() == 1:  # norms: around 1
         t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=gen))
         return
     if key in ("tok_embeddings.weight", "output.weight"):
         scale = embedding_scale
+    elif weight_std is not None:
+        scale = weight_std
     else:
         scale = 1.0 / t.shape[1] ** 0.5  # N(0, 1/fan_in): activations stay finite through the layers
     rows = max(1, CHUNK_ELEMENTS // t.shape[1])
@@ -78,7 +85,13 @@ def fill_random(t: torch.Tensor, key: str, gen: torch.Generator, embedding_scale
 
 
 def write_checkpoint(
-    out: Path, params: dict, seed: int = 0, embedding_scale: float = 1.0, tied: bool = False, progress: bool = False
+    out: Path,
+    params: dict,
+    seed: int = 0,
+    embedding_scale: float = 1.0,
+    tied: bool = False,
+    progress: bool = False,
+    weight_std: float | None = None,
 ) -> Path:
     """Write the file's layout first with empty space for the data, then fill it through a shared mmap,
     so that memory stays small even for 16 GB of weights."""
@@ -95,7 +108,7 @@ def write_checkpoint(
     gen = torch.Generator().manual_seed(seed)
     items = list(weights.items())
     for key, tensor in llama3.progress_bar(items, total=len(items), desc="tensors") if progress else items:
-        fill_random(tensor, key, gen, embedding_scale)
+        fill_random(tensor, key, gen, embedding_scale, weight_std)
     del weights
     (out / "params.json").write_text(json.dumps(params))
     shutil.copyfile(reference_tokenizer_path(), out / "tokenizer.model")
@@ -110,12 +123,13 @@ def main() -> None:
     group.add_argument("--preset", choices=sorted(PRESETS))
     group.add_argument("--params", help="params.json contents as JSON")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--embedding-scale", type=float, default=1.0)
+    parser.add_argument("--embedding-scale", type=float, default=1.0, help="std of the embedding and output matrices")
+    parser.add_argument("--weight-std", type=float, help="std of the other matrices (default: 1/sqrt(fan_in))")
     parser.add_argument("--tied", action="store_true", help="omit output.weight (Llama 3.2 1B/3B)")
     args = parser.parse_args()
     params = PRESETS[args.preset] if args.preset else json.loads(args.params)
     tied = args.tied or args.preset in TIED_PRESETS
-    write_checkpoint(args.out, params, args.seed, args.embedding_scale, tied, progress=True)
+    write_checkpoint(args.out, params, args.seed, args.embedding_scale, tied, progress=True, weight_std=args.weight_std)
     print(f"wrote {args.out}")
 
 

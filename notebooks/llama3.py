@@ -493,8 +493,8 @@ def shapes_beside_8b(rows, config: ModelConfig, n_tokens: int) -> str:
         if tuple(tensor.shape) != here:
             raise ValueError(f"{label} has shape {list(tensor.shape)}, not {list(here)} = {list(names)}")
         lines.append((label, named_shape(tensor, *names), str(list(shape_from_names(names, LLAMA3_8B, n_tokens)))))
-    widths = [max(len(row[i]) for row in lines + [("", "this checkpoint", "Llama 3 8B")]) for i in range(3)]
     header = ("", "this checkpoint", "Llama 3 8B")
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(3)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
 
 

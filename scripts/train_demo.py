@@ -1,6 +1,6 @@
 """Train the demo checkpoint: Llama 3 in miniature, on text generated for this project.
 
-The model is the walkthrough's own forward pass (notebooks/llama3.py) at the shape in
+The model is the walkthrough's own forward pass (the package notebooks/llama3) at the shape in
 scripts/demo_checkpoint/params.json, trained in float32 to predict every next token of
 sequences from scripts/demo_corpus.py (questions whose answer depends on two words far back,
 and spans said twice). The loss counts the untrained rows of the vocabulary too (as one

@@ -35,7 +35,7 @@ def test_missing_directory(tmp_path):
 
 
 def test_missing_demo_checkpoint_says_how_to_build_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(llama3, "DEMO_DIR", tmp_path / "llama3-demo")
+    monkeypatch.setattr(llama3.checkpoint, "DEMO_DIR", tmp_path / "llama3-demo")  # the name checkpoint_dir reads
     monkeypatch.delenv("LLAMA3_DIR", raising=False)
     expect_error(None, "make demo")
 

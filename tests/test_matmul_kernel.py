@@ -125,7 +125,7 @@ def test_map_weights_maps_the_demo(demo):
 
 
 def test_map_weights_skips_what_does_not_fit(demo, monkeypatch):
-    monkeypatch.setattr(llama3, "memory_limit", lambda: 1 << 20)
+    monkeypatch.setattr(llama3.fast, "memory_limit", lambda: 1 << 20)  # the name map_weights reads
     weights = demo.weights
     assert not llama3.map_weights(weights, progress=False)
 

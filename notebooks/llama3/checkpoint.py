@@ -1,0 +1,293 @@
+"""The checkpoint (notebook 01): Meta's files checked and memory-mapped, shapes with names, beside 8B's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import *  # noqa: F401,F403
+from .tokens import *  # noqa: F401,F403
+from .fast import *  # noqa: F401,F403
+
+
+def pick_device() -> tuple[torch.device, torch.dtype]:
+    """$LLAMA3_DEVICE, else CUDA, else Apple's MPS, else the CPU; bfloat16 where it is supported well."""
+    name = os.environ.get("LLAMA3_DEVICE")
+    if name is None:
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return device, torch.float16  # pre-Ampere GPUs
+    return device, torch.bfloat16
+
+
+def checkpoint_dir(path: str | os.PathLike | None = None) -> Path:
+    """The checkpoint to read: `path`, else $LLAMA3_DIR, else the demo checkpoint."""
+    if path is None:
+        path = os.environ.get("LLAMA3_DIR") or DEMO_DIR
+    return Path(path).expanduser()
+
+
+def prompt_text(prompt: str | None = None) -> str:
+    """The prompt to run: `prompt`, else $LLAMA3_PROMPT, else the default question."""
+    if prompt is None:
+        prompt = os.environ.get("LLAMA3_PROMPT", DEFAULT_PROMPT)
+    return prompt
+
+
+def check_checkpoint_dir(ckpt_dir: Path) -> None:
+    """Fail early, with the fix, on anything that is not Meta's original Llama 3 layout."""
+    if ckpt_dir == DEMO_DIR and not ckpt_dir.exists():
+        raise CheckpointError(
+            f"The demo checkpoint {ckpt_dir} has not been built yet. "
+            "Run `make demo` (or `python scripts/build_demo_checkpoint.py`) first."
+        )
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(
+            f"LLAMA3_DIR={ckpt_dir} is not a directory. Point LLAMA3_DIR at a folder holding "
+            "Meta's consolidated.00.pth, params.json and tokenizer.model, or unset it to use the demo checkpoint."
+        )
+    names = {p.name for p in ckpt_dir.iterdir()}
+    if "consolidated.00.pth" not in names and (
+        "config.json" in names or any(n.endswith(".safetensors") for n in names)
+    ):
+        raise CheckpointError(
+            f"{ckpt_dir} is in Hugging Face layout (config.json, *.safetensors). This walkthrough reads "
+            f"Meta's original format: set LLAMA3_DIR={ckpt_dir / 'original'} (the repo's original/ folder)."
+        )
+    if "consolidated.01.pth" in names:
+        raise CheckpointError(
+            f"{ckpt_dir} holds a checkpoint sharded over several consolidated.*.pth files (a 70B model). "
+            "This walkthrough runs single-file checkpoints such as Meta-Llama-3-8B; point LLAMA3_DIR at one."
+        )
+    for name in ("params.json", "consolidated.00.pth", "tokenizer.model"):
+        if name not in names:
+            raise CheckpointError(
+                f"{ckpt_dir / name} is missing. A Llama 3 checkpoint directory in Meta's layout holds "
+                "consolidated.00.pth, params.json and tokenizer.model; download all three (see notebook 01)."
+            )
+
+
+def read_params(ckpt_dir: Path, release: str | None = None) -> ModelConfig:
+    path = ckpt_dir / "params.json"
+    try:
+        params = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e}). Download params.json again.") from None
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object. Download params.json again.")
+    missing = [k for k in PARAMS_REQUIRED if k not in params]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}. Download params.json again from the same release.")
+    if params["vocab_size"] in (-1, 32000) or "rope_theta" not in params:
+        raise CheckpointError(
+            f"{path} describes a Llama 2 model (vocab_size {params['vocab_size']}, no rope_theta). "
+            "This walkthrough needs a Llama 3 checkpoint such as Meta-Llama-3-8B."
+        )
+    try:
+        config = ModelConfig.from_params(params, release)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has a value of the wrong type ({e}). Download params.json again.") from None
+    if config.dim % config.n_heads or config.n_heads % config.n_kv_heads or config.head_dim % 2:
+        raise CheckpointError(
+            f"{path}: dim {config.dim}, n_heads {config.n_heads} and n_kv_heads {config.n_kv_heads} do not "
+            "divide into whole, even-sized heads. Download params.json again from the same release."
+        )
+    return config
+
+
+def expected_shapes(config: ModelConfig, tied_output: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a Meta-format checkpoint with this config, by key, in the order Meta's files list them.
+
+    Nothing depends on that order: `load_weights` checks a file key by key, and writers
+    use this order only so their files look like Meta's.
+    """
+    D, V, F = config.dim, config.vocab_size, config.ffn_hidden_dim
+    kv = config.n_kv_heads * config.head_dim
+    shapes = {"tok_embeddings.weight": (V, D)}
+    for i in range(config.n_layers):
+        p = f"layers.{i}."
+        shapes |= {
+            p + "attention.wq.weight": (D, D),
+            p + "attention.wk.weight": (kv, D),
+            p + "attention.wv.weight": (kv, D),
+            p + "attention.wo.weight": (D, D),
+            p + "feed_forward.w1.weight": (F, D),
+            p + "feed_forward.w3.weight": (F, D),  # w3 before w2, as in Meta's files
+            p + "feed_forward.w2.weight": (D, F),
+            p + "attention_norm.weight": (D,),
+            p + "ffn_norm.weight": (D,),
+        }
+    shapes["norm.weight"] = (D,)
+    if not tied_output:
+        shapes["output.weight"] = (V, D)
+    return shapes
+
+
+def load_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """consolidated.00.pth memory-mapped: tensors are read from disk only when touched."""
+    path = ckpt_dir / "consolidated.00.pth"
+    try:
+        # weights_only: a checkpoint is data; never run code from it.
+        weights = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # torch raises many kinds for a damaged zip
+        raise CheckpointError(
+            f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
+            "It is probably truncated or corrupt: compare its size and checksum with the download and fetch it again."
+        ) from None
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path} does not hold a dict of tensors. Download consolidated.00.pth again.")
+    not_bf16 = [k for k, t in weights.items() if isinstance(t, torch.Tensor) and t.dtype != torch.bfloat16]
+    if not_bf16:
+        raise CheckpointError(
+            f"{path}: {not_bf16[0]} is {weights[not_bf16[0]].dtype}, but Meta's checkpoints hold bfloat16 only. "
+            "This file was converted by other code; use Meta's original consolidated.00.pth."
+        )
+    tied = "output.weight" not in weights  # a file without output.weight reuses the embedding matrix
+    want = expected_shapes(config, tied_output=tied)
+    missing = [k for k in want if k not in weights]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {len(missing)} tensors that params.json implies (first: {missing[0]}). "
+            "Check that params.json and consolidated.00.pth come from the same model."
+        )
+    for key, shape in want.items():
+        got = tuple(weights[key].shape)
+        if got != shape:
+            raise CheckpointError(
+                f"{path}: {key} has shape {list(got)} but {ckpt_dir / 'params.json'} implies {list(shape)}. "
+                "Check that both files come from the same model."
+            )
+    if tied:
+        weights["output.weight"] = weights["tok_embeddings.weight"]
+    return weights
+
+
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    tokenizer: "tiktoken.Encoding"  # noqa: F821
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights["tok_embeddings.weight"].device
+
+    @property
+    def release(self) -> str:
+        return self.config.release
+
+
+def load_checkpoint(
+    path: str | os.PathLike | None = None, device: str | torch.device | None = None, release: str | None = None
+) -> Checkpoint:
+    """Checked checkpoint: config, weights and tokenizer together.
+
+    On the CPU the weights stay memory-mapped bfloat16; on a GPU they are copied to it once.
+    `device` defaults to pick_device(). `release` ("3", "3.1" or "3.2") defaults to $LLAMA3_RELEASE,
+    else it is told from params.json (release_from_params); it picks the RoPE scale factor and
+    the tokenizer's special-token names, stop tokens and chat rules.
+    """
+    ckpt_dir = checkpoint_dir(path)
+    check_checkpoint_dir(ckpt_dir)
+    config = read_params(ckpt_dir, release or os.environ.get("LLAMA3_RELEASE") or None)
+    tokenizer = load_tokenizer(ckpt_dir / "tokenizer.model", config.release)
+    if tokenizer.n_vocab != config.vocab_size:
+        raise CheckpointError(
+            f"{ckpt_dir / 'tokenizer.model'} gives {tokenizer.n_vocab} tokens but params.json says vocab_size "
+            f"{config.vocab_size}. Use the tokenizer.model that came with this checkpoint."
+        )
+    weights = load_weights(ckpt_dir, config)
+    device, dtype = pick_device() if device is None else (torch.device(device), torch.bfloat16)
+    if device.type != "cpu" or dtype != torch.bfloat16:
+        on_device = {}  # keep a tied output matrix shared
+        weights = {k: on_device.setdefault(v.data_ptr(), v.to(device, dtype)) for k, v in weights.items()}
+    else:
+        map_weights(weights)
+    return Checkpoint(ckpt_dir, config, weights, tokenizer)
+
+
+def count_parameters(weights: dict[str, torch.Tensor]) -> int:
+    """Parameters stored in the file (a tied output matrix counts once)."""
+    seen = {}
+    for t in weights.values():
+        seen[t.data_ptr()] = t.numel()
+    return sum(seen.values())
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def named_shape(t: torch.Tensor, *names: str) -> str:
+    """`[tokens=17, head_dim=128]`: a shape with what each dimension is."""
+    if len(names) != t.dim():
+        raise ValueError(f"{len(names)} names for a {t.dim()}-d tensor")
+    return "[" + ", ".join(f"{n}={s}" for n, s in zip(names, t.shape)) + "]"
+
+
+def dim_sizes(config: ModelConfig, n_tokens: int) -> dict[str, int]:
+    """The size of every named dimension the notebooks print, for this config and prompt length."""
+    return {
+        "tokens": n_tokens, "dim": config.dim, "n_layers": config.n_layers, "n_heads": config.n_heads,
+        "n_kv_heads": config.n_kv_heads, "head_dim": config.head_dim, "pairs": config.head_dim // 2,
+        "queries_per_kv_head": config.queries_per_kv_head, "ffn_hidden": config.ffn_hidden_dim,
+        "vocab_size": config.vocab_size,
+    }  # fmt: skip
+
+
+def shape_from_names(names, config: ModelConfig, n_tokens: int) -> tuple[int, ...]:
+    """("n_heads*head_dim", "dim") -> (4096, 4096) at 8B: each name a dimension, or a product of them."""
+    sizes = dim_sizes(config, n_tokens)
+    return tuple(math.prod(sizes[part] for part in name.split("*")) for name in names)
+
+
+def shapes_beside_8b(rows, config: ModelConfig, n_tokens: int) -> str:
+    """A table of tensors' shapes here and at Llama 3 8B with the same number of tokens.
+
+    rows: (label, tensor, dimension names). The 8B column is computed from Meta's 8B params.json
+    with the same names, and each tensor must have the shape its names give at this config,
+    so the table cannot name a dimension wrongly.
+    """
+    lines = []
+    for label, tensor, names in rows:
+        here = shape_from_names(names, config, n_tokens)
+        if tuple(tensor.shape) != here:
+            raise ValueError(f"{label} has shape {list(tensor.shape)}, not {list(here)} = {list(names)}")
+        lines.append((label, named_shape(tensor, *names), str(list(shape_from_names(names, LLAMA3_8B, n_tokens)))))
+    header = ("", "this checkpoint", "Llama 3 8B")
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(3)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
+
+
+def describe(ck: "Checkpoint") -> str:
+    """One line naming the checkpoint a notebook runs on."""
+    if ck.path == DEMO_DIR:  # a path relative to the repo, so stored outputs match on any machine
+        where = f"the demo checkpoint (Llama 3 in miniature): {DEMO_DIR.relative_to(REPO_DIR)}"
+    else:
+        where = f"LLAMA3_DIR: {ck.path}"
+    c = ck.config
+    return (
+        f"{where}\n"
+        f"device: {ck.device.type}, weights {str(ck.weights['norm.weight'].dtype).removeprefix('torch.')}\n"
+        f"dim={c.dim}, n_layers={c.n_layers}, n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads}, "
+        f"head_dim={c.head_dim}, vocab_size={c.vocab_size}"
+    )

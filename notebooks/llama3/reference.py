@@ -1,0 +1,71 @@
+"""The yardstick: Meta's reference implementation (llama_models.llama3.model) holding our checkpoint
+(notebook 09 and the parity tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .config import *  # noqa: F401,F403
+from .checkpoint import *  # noqa: F401,F403
+from .generation import *  # noqa: F401,F403
+
+
+# ---------------------------------------------------------------------------------------
+# The yardstick: Meta's reference implementation (llama_models.llama3.model)
+# ---------------------------------------------------------------------------------------
+
+
+# Ours against Meta's reference: both round to bfloat16 at the same places and agree to the bit on
+# this machine; on another BLAS build a matmul may add in another order. logits_tolerance gives the
+# bound for any checkpoint; this is its value at Llama 3 8B's depth (32 layers): 0.104.
+PARITY_REL_TOLERANCE = logits_tolerance(LLAMA3_8B)
+
+
+def _init_model_parallel() -> None:
+    """fairscale model parallel of size 1 on CPU, as Meta's generation code sets it up."""
+    import tempfile
+
+    import fairscale.nn.model_parallel.initialize as fs_init
+
+    if not torch.distributed.is_initialized():
+        rendezvous = Path(tempfile.mkdtemp()) / "rendezvous"  # a file, not a network port
+        torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=0, world_size=1)
+    if not fs_init.model_parallel_is_initialized():
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints three status lines
+            fs_init.initialize_model_parallel(1)
+
+
+def meta_reference_model(ck: Checkpoint, max_seq_len: int, dtype=torch.bfloat16):
+    """Meta's own Transformer holding this checkpoint's weights. Needs `llama-models` and `fairscale`.
+
+    Built in bfloat16, as Meta's generation code does on a GPU, so that both implementations
+    round at the same places.
+    """
+    from llama_models.llama3.args import ModelArgs
+    from llama_models.llama3.model import Transformer
+
+    _init_model_parallel()
+    params = json.loads((ck.path / "params.json").read_text())
+    args = ModelArgs(max_seq_len=max_seq_len, max_batch_size=1, **params)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = Transformer(args)
+    finally:
+        torch.set_default_dtype(previous)
+    # assign: the parameters become the memory-mapped tensors themselves, not copies of them.
+    model.load_state_dict(ck.weights, strict=True, assign=True)
+    return model
+
+
+def meta_reference_logits(ck: Checkpoint, token_ids, dtype=torch.bfloat16) -> torch.Tensor:
+    """Float32 logits [T, V] from Meta's reference Transformer on the same checkpoint."""
+    model = meta_reference_model(ck, max_seq_len=len(token_ids), dtype=dtype)
+    with torch.inference_mode():
+        return model(torch.tensor([list(token_ids)]), start_pos=0)[0].float()

@@ -1,0 +1,127 @@
+"""Tokens (notebook 02): the tiktoken tokenizer built from tokenizer.model, byte-pair merging, the prompt."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from .config import *  # noqa: F401,F403
+
+
+# ---------------------------------------------------------------------------------------
+# 02 Tokens
+# ---------------------------------------------------------------------------------------
+
+# Llama 3's pre-tokenizer: contractions, words with one leading non-letter, numbers of at
+# most 3 digits, punctuation runs, newlines, and whitespace.
+SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+NUM_SPECIAL_TOKENS = 256
+# The special tokens' names differ between releases; their ids (128000 + index) do not.
+# Llama 3 (meta-llama/llama3, llama/tokenizer.py): ten named, then reserved 5 to 250.
+LLAMA3_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|reserved_special_token_2|>",
+    "<|reserved_special_token_3|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|reserved_special_token_4|>",
+    "<|eot_id|>",
+] + [f"<|reserved_special_token_{i}|>" for i in range(5, NUM_SPECIAL_TOKENS - 5)]
+# Llama 3.1 and later, as Meta's llama-models package names them (3.2's <|image|> included): the
+# padding, <|eom_id|> and <|python_tag|> tokens for tool use take reserved places.
+LLAMA3_1_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|step_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+    "<|image|>",
+]
+LLAMA3_1_SPECIAL_TOKENS += [f"<|reserved_special_token_{2 + i}|>" for i in range(NUM_SPECIAL_TOKENS - 12)]
+
+
+def special_token_names(release: str = "3") -> list[str]:
+    """The 256 special tokens of a release, in id order after the BPE ranks (3.2 uses 3.1's)."""
+    return list(LLAMA3_SPECIAL_TOKENS if release == "3" else LLAMA3_1_SPECIAL_TOKENS)
+
+
+def tokenizer_release(tokenizer) -> str:
+    """"3" for a tokenizer with Llama 3's special-token names, "3.1" for 3.1's (also 3.2's)."""
+    return "3.1" if "<|eom_id|>" in tokenizer.special_tokens_set else "3"
+
+
+def read_bpe_ranks(path: Path) -> dict[bytes, int]:
+    """tokenizer.model: one `base64(token) rank` per line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        ranks = {}
+        for line in text.splitlines():
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+    except (UnicodeDecodeError, ValueError, OSError):
+        raise CheckpointError(
+            f"{path} is not a Llama 3 tiktoken file (base64 token and rank per line); a binary file here is "
+            "Llama 2's SentencePiece model. Use a Llama 3 checkpoint such as Meta-Llama-3-8B."
+        ) from None
+    if not ranks:
+        raise CheckpointError(f"{path} is empty. Download tokenizer.model again.")
+    return ranks
+
+
+def load_tokenizer(path: Path, release: str = "3"):
+    """tiktoken Encoding from tokenizer.model, with Llama 3's split pattern and the release's special tokens.
+
+    Every release ships the same tokenizer.model; only the special tokens' names differ."""
+    import tiktoken
+
+    ranks = read_bpe_ranks(path)
+    specials = {name: len(ranks) + i for i, name in enumerate(special_token_names(release))}
+    return tiktoken.Encoding(
+        name=f"llama{release}", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
+    )
+
+
+def bpe_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """Byte-pair encoding of one pre-tokenized piece: merge the lowest-ranked pair until none is left."""
+    parts = [bytes([b]) for b in piece]
+    while len(parts) > 1:
+        pairs = [(ranks.get(parts[i] + parts[i + 1]), i) for i in range(len(parts) - 1)]
+        pairs = [(r, i) for r, i in pairs if r is not None]
+        if not pairs:
+            break
+        _, i = min(pairs)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return [ranks[p] for p in parts]
+
+
+def encode_prompt(tokenizer, prompt: str, config: ModelConfig) -> list[int]:
+    """<|begin_of_text|> followed by the prompt's tokens, checked against the context length."""
+    if not prompt or not prompt.strip():
+        raise PromptError(
+            "The prompt is empty. Set LLAMA3_PROMPT to some text, or unset it for the default question."
+        )
+    token_ids = [tokenizer.encode_single_token("<|begin_of_text|>")] + tokenizer.encode(prompt, disallowed_special=())
+    if len(token_ids) > config.context_length:
+        raise PromptError(
+            f"The prompt {prompt[:40]!r}... is {len(token_ids)} tokens long, more than the model's context "
+            f"length of {config.context_length}. Shorten LLAMA3_PROMPT."
+        )
+    return token_ids
+
+
+def token_texts(tokenizer, token_ids) -> list[str]:
+    return [tokenizer.decode([int(t)]) for t in token_ids]

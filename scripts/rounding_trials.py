@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))
 import llama3  # noqa: E402
+import make_checkpoint  # noqa: E402
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -29,14 +30,12 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def random_weights(config, embedding_std, weight_std, seed):
+    """The random weights make_checkpoint writes, in memory instead of a file."""
     gen = torch.Generator().manual_seed(seed)
     weights = {}
     for key, shape in llama3.expected_shapes(config).items():
-        if len(shape) == 1:
-            weights[key] = (1 + 0.1 * torch.randn(shape, generator=gen)).bfloat16()
-        else:
-            std = embedding_std if key in ("tok_embeddings.weight", "output.weight") else (weight_std or shape[1] ** -0.5)
-            weights[key] = (torch.randn(shape, generator=gen) * std).bfloat16()
+        weights[key] = torch.empty(shape, dtype=torch.bfloat16)
+        make_checkpoint.fill_random(weights[key], key, gen, embedding_std, weight_std)
     return weights
 
 

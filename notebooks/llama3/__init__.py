@@ -16,6 +16,7 @@ One file per concern, in the order the notebooks derive them:
 - config.py       01  params.json as a ModelConfig, the releases, the errors for bad input
 - tokens.py       02  the tokenizer and the prompt
 - checkpoint.py   01  Meta's files checked and memory-mapped; shapes beside 8B's
+- layouts.py      01, 05, 17  Meta's model-parallel shards and Hugging Face's safetensors, used in place
 - model.py        03-09  embeddings, RMSNorm, heads, RoPE, attention, the feed-forward network, forward
 - inspection.py   10-11  attention weights kept per layer, head scores, the logit lens
 - generation.py   12-13  generation with a key/value cache, sampling, tolerances, chat
@@ -30,6 +31,7 @@ from .config import *  # noqa: F401,F403
 from .tokens import *  # noqa: F401,F403
 from .fast import *  # noqa: F401,F403
 from .checkpoint import *  # noqa: F401,F403
+from .layouts import *  # noqa: F401,F403
 from .model import *  # noqa: F401,F403
 from .inspection import *  # noqa: F401,F403
 from .generation import *  # noqa: F401,F403

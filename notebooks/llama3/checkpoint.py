@@ -46,8 +46,16 @@ def prompt_text(prompt: str | None = None) -> str:
     return prompt
 
 
-def check_checkpoint_dir(ckpt_dir: Path) -> None:
-    """Fail early, with the fix, on anything that is not Meta's original Llama 3 layout."""
+LAYOUTS = ("meta", "meta-sharded", "huggingface")
+
+
+def checkpoint_layout(ckpt_dir: Path) -> str:
+    """Which of the layouts Meta and Hugging Face ship a folder holds, checked enough to fail early with the fix:
+
+    "meta"          Meta's original files: consolidated.00.pth, params.json, tokenizer.model (8B, 3.2 1B/3B)
+    "meta-sharded"  the same cut into consolidated.00.pth ... consolidated.NN.pth (70B, 405B; notebook 17)
+    "huggingface"   a meta-llama repository: config.json, *.safetensors, tokenizer.json (notebook 05)
+    """
     if ckpt_dir == DEMO_DIR and not ckpt_dir.exists():
         raise CheckpointError(
             f"The demo checkpoint {ckpt_dir} has not been built yet. "
@@ -55,28 +63,46 @@ def check_checkpoint_dir(ckpt_dir: Path) -> None:
         )
     if not ckpt_dir.is_dir():
         raise CheckpointError(
-            f"LLAMA3_DIR={ckpt_dir} is not a directory. Point LLAMA3_DIR at a folder holding "
-            "Meta's consolidated.00.pth, params.json and tokenizer.model, or unset it to use the demo checkpoint."
+            f"LLAMA3_DIR={ckpt_dir} is not a directory. Point LLAMA3_DIR at a folder holding Meta's "
+            "consolidated.*.pth, params.json and tokenizer.model, or a Hugging Face meta-llama repository "
+            "(config.json, *.safetensors), or unset it to use the demo checkpoint."
         )
     names = {p.name for p in ckpt_dir.iterdir()}
-    if "consolidated.00.pth" not in names and (
-        "config.json" in names or any(n.endswith(".safetensors") for n in names)
-    ):
-        raise CheckpointError(
-            f"{ckpt_dir} is in Hugging Face layout (config.json, *.safetensors). This walkthrough reads "
-            f"Meta's original format: set LLAMA3_DIR={ckpt_dir / 'original'} (the repo's original/ folder)."
-        )
-    if "consolidated.01.pth" in names:
-        raise CheckpointError(
-            f"{ckpt_dir} holds a checkpoint sharded over several consolidated.*.pth files (a 70B model). "
-            "This walkthrough runs single-file checkpoints such as Meta-Llama-3-8B; point LLAMA3_DIR at one."
-        )
-    for name in ("params.json", "consolidated.00.pth", "tokenizer.model"):
-        if name not in names:
+    shards = sorted(n for n in names if n.startswith("consolidated.") and n.endswith(".pth"))
+    if shards:
+        for name in ("params.json", "tokenizer.model"):
+            if name not in names:
+                raise CheckpointError(
+                    f"{ckpt_dir / name} is missing. A Llama 3 checkpoint directory in Meta's layout holds "
+                    "consolidated.*.pth, params.json and tokenizer.model; download all of them (see notebook 01)."
+                )
+        return "meta" if shards == ["consolidated.00.pth"] else "meta-sharded"
+    if "config.json" in names and ("model.safetensors" in names or "model.safetensors.index.json" in names):
+        if "tokenizer.json" not in names and not (ckpt_dir / "original" / "tokenizer.model").exists():
             raise CheckpointError(
-                f"{ckpt_dir / name} is missing. A Llama 3 checkpoint directory in Meta's layout holds "
-                "consolidated.00.pth, params.json and tokenizer.model; download all three (see notebook 01)."
+                f"{ckpt_dir / 'tokenizer.json'} is missing. Download it from the same Hugging Face repository."
             )
+        return "huggingface"
+    if "pytorch_model.bin" in names or "pytorch_model.bin.index.json" in names:
+        raise CheckpointError(
+            f"{ckpt_dir} holds Hugging Face's older pytorch_model*.bin files, which are pickles that can run code "
+            "when loaded. Download the repository's *.safetensors files, or its original/ folder."
+        )
+    if "original" in names and (ckpt_dir / "original" / "params.json").exists():
+        raise CheckpointError(
+            f"{ckpt_dir} has no weights at its top level, only an original/ folder: set "
+            f"LLAMA3_DIR={ckpt_dir / 'original'} (Meta's files) or download the repository's *.safetensors."
+        )
+    raise CheckpointError(
+        f"{ckpt_dir / 'consolidated.00.pth'} is missing. A Llama 3 checkpoint directory holds Meta's "
+        "consolidated.*.pth, params.json and tokenizer.model, or a Hugging Face repository's config.json, "
+        "*.safetensors and tokenizer.json; download one of them (see notebook 01)."
+    )
+
+
+def check_checkpoint_dir(ckpt_dir: Path) -> None:
+    """Fail early, with the fix, on a folder that holds none of the layouts checkpoint_layout reads."""
+    checkpoint_layout(ckpt_dir)
 
 
 def read_params(ckpt_dir: Path, release: str | None = None) -> ModelConfig:
@@ -180,8 +206,11 @@ def load_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, torch.Tensor]
 class Checkpoint:
     path: Path
     config: ModelConfig
-    weights: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor]  # by Meta's names; in other layouts some are layouts.StoredWeight
     tokenizer: "tiktoken.Encoding"  # noqa: F821
+    layout: str = "meta"  # see checkpoint_layout
+    files: tuple[Path, ...] = ()  # the weight files read
+    tokenizer_file: Path | None = None  # tokenizer.model, or Hugging Face's tokenizer.json
 
     @property
     def device(self) -> torch.device:
@@ -203,29 +232,67 @@ def load_checkpoint(
     the tokenizer's special-token names, stop tokens and chat rules.
     """
     ckpt_dir = checkpoint_dir(path)
-    check_checkpoint_dir(ckpt_dir)
-    config = read_params(ckpt_dir, release or os.environ.get("LLAMA3_RELEASE") or None)
-    tokenizer = load_tokenizer(ckpt_dir / "tokenizer.model", config.release)
+    layout = checkpoint_layout(ckpt_dir)
+    release = release or os.environ.get("LLAMA3_RELEASE") or None
+    from . import layouts  # the other layouts, notebook 17
+
+    if layout == "huggingface":
+        config = layouts.read_hf_config(ckpt_dir, release)
+        tokenizer, tokenizer_path = layouts.load_hf_tokenizer(ckpt_dir, config.release)
+    else:
+        config = read_params(ckpt_dir, release)
+        tokenizer_path = ckpt_dir / "tokenizer.model"
+        tokenizer = load_tokenizer(tokenizer_path, config.release)
     if tokenizer.n_vocab != config.vocab_size:
         raise CheckpointError(
-            f"{ckpt_dir / 'tokenizer.model'} gives {tokenizer.n_vocab} tokens but params.json says vocab_size "
-            f"{config.vocab_size}. Use the tokenizer.model that came with this checkpoint."
+            f"{tokenizer_path} gives {tokenizer.n_vocab} tokens but the model's vocab_size is "
+            f"{config.vocab_size}. Use the tokenizer that came with this checkpoint."
         )
-    weights = load_weights(ckpt_dir, config)
+    if layout == "meta":
+        weights, files = load_weights(ckpt_dir, config), (ckpt_dir / "consolidated.00.pth",)
+    elif layout == "meta-sharded":
+        weights, files = layouts.load_sharded_weights(ckpt_dir, config), tuple(layouts.shard_files(ckpt_dir))
+    else:
+        tie = layouts.read_hf_tie(ckpt_dir)
+        weights = layouts.load_hf_weights(ckpt_dir, config, tie)
+        files = tuple(sorted(set(layouts.hf_weight_files(ckpt_dir).values())))
     device, dtype = pick_device() if device is None else (torch.device(device), torch.bfloat16)
     if device.type != "cpu" or dtype != torch.bfloat16:
         on_device = {}  # keep a tied output matrix shared
         weights = {k: on_device.setdefault(v.data_ptr(), v.to(device, dtype)) for k, v in weights.items()}
     else:
         map_weights(weights)
-    return Checkpoint(ckpt_dir, config, weights, tokenizer)
+    return Checkpoint(ckpt_dir, config, weights, tokenizer, layout, files, tokenizer_path)
+
+
+def params_of(ck: "Checkpoint") -> dict:
+    """Meta's params.json of this checkpoint; for a Hugging Face folder the same numbers from config.json
+    (multiple_of chosen so that Meta's FFN formula gives its intermediate_size)."""
+    if ck.layout != "huggingface":
+        return json.loads((ck.path / "params.json").read_text())
+    c = ck.config
+    params = {
+        "dim": c.dim, "n_layers": c.n_layers, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads,
+        "vocab_size": c.vocab_size, "norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
+        "use_scaled_rope": c.use_scaled_rope,
+    }  # fmt: skip
+    hidden = int(2 * 4 * c.dim / 3)
+    if hidden <= c.ffn_hidden_dim:  # rounding hidden up to a multiple of F gives F
+        return params | {"multiple_of": c.ffn_hidden_dim, "ffn_dim_multiplier": None}
+    return params | {"multiple_of": 1, "ffn_dim_multiplier": (c.ffn_hidden_dim + 0.5) / hidden}
+
+
+def stored_tensors(w) -> list[torch.Tensor]:
+    """The tensors a weight is made of: itself, or the shards of a layouts.StoredWeight."""
+    return w.tensors() if hasattr(w, "tensors") else [w]
 
 
 def count_parameters(weights: dict[str, torch.Tensor]) -> int:
     """Parameters stored in the file (a tied output matrix counts once)."""
     seen = {}
-    for t in weights.values():
-        seen[t.data_ptr()] = t.numel()
+    for w in weights.values():
+        for t in stored_tensors(w):
+            seen[t.data_ptr()] = t.numel()
     return sum(seen.values())
 
 
@@ -278,6 +345,16 @@ def shapes_beside_8b(rows, config: ModelConfig, n_tokens: int) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
 
 
+def layout_text(ck: "Checkpoint") -> str:
+    """"Meta, one file" / "Meta, 8 shards (consolidated.00-07.pth)" / "Hugging Face safetensors, 4 files"."""
+    n = len(ck.files)
+    if ck.layout == "meta":
+        return "Meta's original, one file (consolidated.00.pth)"
+    if ck.layout == "meta-sharded":
+        return f"Meta's original in {n} model-parallel shards (consolidated.00-{n - 1:02d}.pth)"
+    return f"Hugging Face safetensors, {'one file' if n == 1 else f'{n} files'}"
+
+
 def describe(ck: "Checkpoint") -> str:
     """One line naming the checkpoint a notebook runs on."""
     if ck.path == DEMO_DIR:  # a path relative to the repo, so stored outputs match on any machine
@@ -287,6 +364,7 @@ def describe(ck: "Checkpoint") -> str:
     c = ck.config
     return (
         f"{where}\n"
+        f"layout: {layout_text(ck)}\n"
         f"device: {ck.device.type}, weights {str(ck.weights['norm.weight'].dtype).removeprefix('torch.')}\n"
         f"dim={c.dim}, n_layers={c.n_layers}, n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads}, "
         f"head_dim={c.head_dim}, vocab_size={c.vocab_size}"

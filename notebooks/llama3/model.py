@@ -13,6 +13,7 @@ import matmul_kernel
 
 from .config import *  # noqa: F401,F403
 from .checkpoint import *  # noqa: F401,F403
+from .layouts import StoredWeight
 
 
 # ---------------------------------------------------------------------------------------
@@ -21,8 +22,8 @@ from .checkpoint import *  # noqa: F401,F403
 
 
 def embed(tok_embeddings: torch.Tensor, token_ids) -> torch.Tensor:
-    """[T] ids -> [T, D]: indexing reads only these rows of the memory-mapped table."""
-    return tok_embeddings[torch.as_tensor(token_ids, device=tok_embeddings.device)]
+    """[T] ids -> [T, D]: indexing reads only these rows of the memory-mapped table (or its shards)."""
+    return tok_embeddings[torch.as_tensor(token_ids, dtype=torch.long, device=tok_embeddings.device)]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -70,14 +71,20 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     Every weight matmul goes through here. On CPUs with AVX-512 BF16 the large ones run in a
     small kernel (matmul_kernel.py) that reads the memory-mapped weight rows in place and
-    returns exactly torch's result, only faster; everywhere else torch does it.
+    returns exactly torch's result, only faster; everywhere else torch does it. A weight kept in
+    shards or in Hugging Face's row order (layouts.py, notebook 17) multiplies itself.
     """
+    if isinstance(w, StoredWeight):
+        return w.linear(x)
     fast = matmul_kernel.linear(x, w)
     return x @ w.T if fast is None else fast
 
 
 def split_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """[n_heads*d, D] projection -> [n_heads, d, D]: row block h is head h (a view, no copy)."""
+    """[n_heads*d, D] projection -> [n_heads, d, D]: row block h is head h (a view, no copy).
+    A sharded weight gives each shard's heads; a Hugging Face one a weight per head (notebook 17)."""
+    if isinstance(w, StoredWeight):
+        return w.split_heads(n_heads)
     return w.view(n_heads, w.shape[0] // n_heads, w.shape[1])
 
 

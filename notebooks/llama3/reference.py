@@ -51,16 +51,18 @@ def meta_reference_model(ck: Checkpoint, max_seq_len: int, dtype=torch.bfloat16)
     from llama_models.llama3.model import Transformer
 
     _init_model_parallel()
-    params = json.loads((ck.path / "params.json").read_text())
-    args = ModelArgs(max_seq_len=max_seq_len, max_batch_size=1, **params)
+    args = ModelArgs(max_seq_len=max_seq_len, max_batch_size=1, **params_of(ck))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         model = Transformer(args)
     finally:
         torch.set_default_dtype(previous)
-    # assign: the parameters become the memory-mapped tensors themselves, not copies of them.
-    model.load_state_dict(ck.weights, strict=True, assign=True)
+    # assign: the parameters become the memory-mapped tensors themselves, not copies of them. Weights in
+    # shards or in Hugging Face's row order are merged into Meta's layout first: this one-process model
+    # needs whole tensors (a copy of the model, which is why notebook 17 never does this).
+    weights = {k: w.merged() if hasattr(w, "merged") else w for k, w in ck.weights.items()}
+    model.load_state_dict(weights, strict=True, assign=True)
     return model
 
 
@@ -69,3 +71,13 @@ def meta_reference_logits(ck: Checkpoint, token_ids, dtype=torch.bfloat16) -> to
     model = meta_reference_model(ck, max_seq_len=len(token_ids), dtype=dtype)
     with torch.inference_mode():
         return model(torch.tensor([list(token_ids)]), start_pos=0)[0].float()
+
+
+def reference_fits(ck: Checkpoint) -> bool:
+    """Meta's one-process reference needs every sharded or permuted weight merged into a copy: skipped when that
+    copy would take more than half of this machine's memory.
+
+    A checkpoint in Meta's single-file layout is used in place and always fits.
+    """
+    merged_bytes = sum(w.numel() * w.element_size() for w in ck.weights.values() if hasattr(w, "merged"))
+    return merged_bytes <= memory_limit() // 2

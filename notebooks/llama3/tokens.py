@@ -82,6 +82,13 @@ def read_bpe_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
+def meta_tokenizer_model() -> Path:
+    """Meta's Llama 3 tokenizer.model as the llama-models package ships it."""
+    import llama_models.llama3
+
+    return Path(llama_models.llama3.__file__).parent / "tokenizer.model"
+
+
 def load_tokenizer(path: Path, release: str = "3"):
     """tiktoken Encoding from tokenizer.model, with Llama 3's split pattern and the release's special tokens.
 

@@ -122,7 +122,7 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--preset", choices=sorted(PRESETS))
     group.add_argument("--params", help="params.json contents as JSON")
-    group.add_argument("--from", dest="source", type=Path, metavar="DIR", help="split this single-file Meta checkpoint folder")
+    group.add_argument("--from", dest="source", type=Path, metavar="DIR", help="split this one-file Meta checkpoint")
     parser.add_argument("--shards", type=int, default=1, help="write N model-parallel files, as Meta ships 70B/405B")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--embedding-scale", type=float, default=1.0, help="std of the embedding and output matrices")

@@ -9,6 +9,9 @@ load_state_dict(strict=True) into Meta's Transformer built in bfloat16) and runs
     from meta_parallel import meta_logits_model_parallel, run_model_parallel
     logits = meta_logits_model_parallel(ckpt_dir, token_ids, world_size=2)   # [T, V] float32
     results = run_model_parallel(2, fn, *args)   # fn(rank, *args) in each process; picklable by reference
+
+The processes are started with "spawn": a script that calls these must keep its own work under
+`if __name__ == "__main__":` (each process imports the calling script's module again).
 """
 
 from __future__ import annotations
@@ -84,9 +87,9 @@ if __name__ == "__main__":  # python scripts/meta_parallel.py CKPT_DIR WORLD_SIZ
     import llama3
 
     ck_dir, world = Path(sys.argv[1]), int(sys.argv[2])
-    tok = llama3.load_tokenizer(ck_dir / "tokenizer.model")
-    ids = tok.encode(llama3.DEFAULT_PROMPT, allowed_special=set())
-    ids = [tok.encode("<|begin_of_text|>", allowed_special="all")[0]] + ids
+    config = llama3.read_params(ck_dir)
+    tok = llama3.load_tokenizer(ck_dir / "tokenizer.model", config.release)
+    ids = llama3.encode_prompt(tok, llama3.DEFAULT_PROMPT, config)
     top = meta_logits_model_parallel(ck_dir, ids, world)[-1].topk(5)
     for p, i in zip(top.values.tolist(), top.indices.tolist()):
-        print(f"{i:7d} {tok.decode([i])!r} {p:.3f}")
+        print(f"{i:7d} {tok.decode([i])!r} logit {p:.3f}")

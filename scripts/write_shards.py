@@ -84,7 +84,7 @@ def shard_params(params: dict, n_shards: int) -> dict:
 def rank_slice(key: str, full: torch.Tensor, rank: int, n_shards: int, kv_repeat: int = 1, head_dim: int = 0):
     """Rank `rank`'s part of the whole tensor `full` (a view when no key/value head is repeated)."""
     if kv_repeat > 1 and key.endswith(("attention.wk.weight", "attention.wv.weight")):
-        heads = full.view(-1, head_dim, full.shape[1])  # [n_kv_heads, head_dim, dim]
+        heads = full.reshape(-1, head_dim, full.shape[1])  # [n_kv_heads, head_dim, dim]
         per_rank = heads.shape[0] * kv_repeat // n_shards
         # the repeated heads are original heads 0,0,..,1,1,..: copy j is original head j // kv_repeat
         copies = torch.arange(rank * per_rank, (rank + 1) * per_rank) // kv_repeat
@@ -196,7 +196,8 @@ class RandomWeights(Mapping):
         if key not in self.shapes:
             raise KeyError(key)
         if self.keys_in_order.index(key) != self.next:
-            raise RuntimeError(f"RandomWeights are made in key order: {self.keys_in_order[self.next]} comes next, not {key}")
+            expected = self.keys_in_order[self.next]
+            raise RuntimeError(f"RandomWeights are made in key order, each once: {expected} comes next, not {key}")
         self.next += 1
         t = torch.empty(self.shapes[key], dtype=torch.bfloat16)
         make_checkpoint.fill_random(t, key, self.gen, *self.scales)

@@ -122,11 +122,22 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--preset", choices=sorted(PRESETS))
     group.add_argument("--params", help="params.json contents as JSON")
+    group.add_argument("--from", dest="source", type=Path, metavar="DIR", help="split this one-file Meta checkpoint")
+    parser.add_argument("--shards", type=int, default=1, help="write N model-parallel files, as Meta ships 70B/405B")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--embedding-scale", type=float, default=1.0, help="std of the embedding and output matrices")
     parser.add_argument("--weight-std", type=float, help="std of the other matrices (default: 1/sqrt(fan_in))")
     parser.add_argument("--tied", action="store_true", help="omit output.weight (Llama 3.2 1B/3B)")
     args = parser.parse_args()
+    if args.shards != 1 or args.source:
+        from write_shards import CheckpointError, write_from_cli
+
+        try:
+            write_from_cli(args)
+        except CheckpointError as e:
+            parser.error(str(e))
+        print(f"wrote {args.out}")
+        return
     params = PRESETS[args.preset] if args.preset else json.loads(args.params)
     tied = args.tied or args.preset in TIED_PRESETS
     write_checkpoint(args.out, params, args.seed, args.embedding_scale, tied, progress=True, weight_std=args.weight_std)

@@ -215,3 +215,17 @@ def test_pickled_hugging_face_weights_are_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     expect_error(tmp_path, "pickles", "safetensors")
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_the_notebooks_writer_and_the_scripts_write_the_same_shards(demo, demo_shards, tmp_path, n):
+    """llama3.write_meta_shards (notebook 17) and scripts/write_shards.py (tested against Meta's code) agree."""
+    import write_shards
+
+    write_shards.reshard(demo.path, tmp_path / "script", n)
+    ours, theirs = demo_shards / f"demo-{n}", tmp_path / "script"
+    assert json.loads((ours / "params.json").read_text()) == json.loads((theirs / "params.json").read_text())
+    for rank in range(n):
+        a = torch.load(ours / f"consolidated.{rank:02d}.pth", weights_only=True)
+        b = torch.load(theirs / f"consolidated.{rank:02d}.pth", weights_only=True)
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)

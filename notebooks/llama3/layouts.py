@@ -397,17 +397,18 @@ def write_meta_shards(ck: "Checkpoint", out_dir: Path, n_shards: int) -> None:
     """Save a checkpoint in Meta's layout cut into n_shards, as Meta's model-parallel code holds it: rank r's
     slice of every weight in consolidated.0r.pth, with params.json and tokenizer.model.
 
-    The shard count must divide the query heads. With more shards than key/value heads, each key/value head
-    is stored n_shards / n_kv_heads times in a row and params.json says so, as in Llama 3.1 405B's 16-shard
-    release: query head h then reads a copy of the same head. Writes one shard at a time.
+    The shard count must divide the query heads. Where it does not divide the key/value heads, each of them
+    is stored the fewest times that make it divide, copies in a row, and params.json says so, as in Llama 3.1
+    405B's 16-shard release (8 heads twice): query head h then reads a copy of the same head. Writes one
+    shard at a time. scripts/write_shards.py does the same for the command line, streaming at any size.
     """
     c = ck.config
-    if c.n_heads % n_shards or (n_shards % c.n_kv_heads and c.n_kv_heads % n_shards):
+    if c.n_heads % n_shards:
         raise CheckpointError(
-            f"{n_shards} shards do not divide {c.n_heads} query heads and {c.n_kv_heads} key/value heads: "
-            "Meta's code gives every rank whole heads. Pick a divisor of the head counts."
+            f"{n_shards} shards do not divide {c.n_heads} query heads: Meta's code gives every rank whole heads. "
+            "Pick a divisor of n_heads."
         )
-    copies = max(1, n_shards // c.n_kv_heads)
+    copies = math.lcm(c.n_kv_heads, n_shards) // c.n_kv_heads  # the fewest copies that n_shards divides
     out_dir.mkdir(parents=True, exist_ok=True)
     for rank in range(n_shards):
         shard = {}

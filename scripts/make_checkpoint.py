@@ -126,7 +126,17 @@ def main() -> None:
     parser.add_argument("--embedding-scale", type=float, default=1.0, help="std of the embedding and output matrices")
     parser.add_argument("--weight-std", type=float, help="std of the other matrices (default: 1/sqrt(fan_in))")
     parser.add_argument("--tied", action="store_true", help="omit output.weight (Llama 3.2 1B/3B)")
+    parser.add_argument("--layout", choices=["meta", "hf"], default="meta", help="hf: Hugging Face's files (write_hf.py)")
+    parser.add_argument("--hf-shard-bytes", type=int, help="with --layout hf: safetensors files of at most N bytes")
+    group.add_argument("--from", dest="from_dir", type=Path, help="with --layout hf: this Meta checkpoint's weights")
     args = parser.parse_args()
+    if args.layout == "hf":
+        import write_hf
+
+        print(f"wrote {write_hf.write_from_args(args, PRESETS, TIED_PRESETS)}")
+        return
+    if args.from_dir is not None:
+        parser.error("--from converts a Meta checkpoint to another layout: add --layout hf")
     params = PRESETS[args.preset] if args.preset else json.loads(args.params)
     tied = args.tied or args.preset in TIED_PRESETS
     write_checkpoint(args.out, params, args.seed, args.embedding_scale, tied, progress=True, weight_std=args.weight_std)

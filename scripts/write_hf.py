@@ -18,6 +18,7 @@ for Llama 3, 3.1 and 3.2) made of Meta's original files:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -151,13 +152,18 @@ def hf_generation_config(release: str) -> dict:
     return generation | {"transformers_version": transformers.__version__}
 
 
-def write_tokenizer_files(out_dir: Path, tokenizer_model: Path, release: str) -> None:
-    """tokenizer.json from tokenizer.model by transformers' TikTokenConverter with Llama 3's split pattern and
-    the release's special tokens, <|begin_of_text|> prepended by the post-processor (as Hugging Face's files
-    do); tokenizer_config.json naming the special tokens."""
+_CONVERTED: dict[tuple[str, str], tuple[str, int]] = {}  # (sha256 of tokenizer.model, release) -> result
+
+
+def converted_tokenizer_json(tokenizer_model: Path, release: str) -> tuple[str, int]:
+    """tokenizer.json's text and <|begin_of_text|>'s id, kept per file content and release (converting takes
+    seconds)."""
     from tokenizers import processors
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
+    key = (hashlib.sha256(Path(tokenizer_model).read_bytes()).hexdigest(), release)
+    if key in _CONVERTED:
+        return _CONVERTED[key]
     names = llama3.hf_special_token_names(release)
     previous = os.environ.get("TIKTOKEN_CACHE_DIR")
     os.environ["TIKTOKEN_CACHE_DIR"] = ""  # read the file itself, never a copy cached under its path
@@ -181,8 +187,18 @@ def write_tokenizer_files(out_dir: Path, tokenizer_model: Path, release: str) ->
             ),
         ]
     )
-    tokenizer.save(str(out_dir / "tokenizer.json"))
-    first_id = tokenizer.token_to_id(bos)
+    _CONVERTED[key] = tokenizer.to_str(pretty=True), tokenizer.token_to_id(bos)
+    return _CONVERTED[key]
+
+
+def write_tokenizer_files(out_dir: Path, tokenizer_model: Path, release: str) -> None:
+    """tokenizer.json from tokenizer.model by transformers' TikTokenConverter with Llama 3's split pattern and
+    the release's special tokens, <|begin_of_text|> prepended by the post-processor (as Hugging Face's files
+    do); tokenizer_config.json naming the special tokens."""
+    names = llama3.hf_special_token_names(release)
+    text, first_id = converted_tokenizer_json(tokenizer_model, release)
+    (out_dir / "tokenizer.json").write_text(text)
+    bos = names[0]
     added = {
         str(first_id + i): {
             "content": name, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,

@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--embedding-scale", type=float, default=1.0, help="std of the embedding and output matrices")
     parser.add_argument("--weight-std", type=float, help="std of the other matrices (default: 1/sqrt(fan_in))")
     parser.add_argument("--tied", action="store_true", help="omit output.weight (Llama 3.2 1B/3B)")
-    parser.add_argument("--layout", choices=["meta", "hf"], default="meta", help="hf: Hugging Face's files (write_hf.py)")
+    parser.add_argument("--layout", choices=["meta", "hf"], default="meta", help="hf: Hugging Face's (write_hf.py)")
     parser.add_argument("--hf-shard-bytes", type=int, help="with --layout hf: safetensors files of at most N bytes")
     group.add_argument("--from", dest="from_dir", type=Path, help="with --layout hf: this Meta checkpoint's weights")
     args = parser.parse_args()

@@ -83,7 +83,10 @@ def hf_state_dict(
     missing = [k for k in shapes if k not in meta_weights]
     wrong = [k for k in shapes if k in meta_weights and tuple(meta_weights[k].shape) != tuple(shapes[k])]
     if missing or wrong:
-        raise ValueError(f"not a Meta state dict of this config: missing {missing[:3]}, wrong shapes {wrong[:3]}")
+        raise llama3.CheckpointError(
+            f"The weights do not fit params.json: missing {missing[:3]}, other shapes {wrong[:3]}. "
+            "Pass a Meta state dict (consolidated.00.pth) and the params.json it came with."
+        )
     reorder = interleaved_to_half_split if permute else (lambda w, n: w)
     state = {"model.embed_tokens.weight": meta_weights["tok_embeddings.weight"]}
     for i in range(config.n_layers):
@@ -248,15 +251,16 @@ def write_hf_checkpoint(
     for a tied model) as a Hugging Face Llama folder. `shard_bytes` splits the weights into
     model-0000N-of-0000M.safetensors files of at most that many bytes with model.safetensors.index.json;
     without it they go into one model.safetensors. `permute=False` only for tests: see hf_state_dict.
-    Each file is written whole from memory, so memory peaks at one shard's size."""
+    Memory-mapped source tensors stay on disk until written; each file is assembled in memory, so memory
+    peaks at one file plus the reordered wq and wk (1.3 GB at 8B): pass shard_bytes for large models."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     config = llama3.ModelConfig.from_params(params, release)
     if config.use_scaled_rope != (config.release != "3"):
-        raise ValueError(
+        raise llama3.CheckpointError(
             f"Llama {config.release} with use_scaled_rope={config.use_scaled_rope}: Llama 3 has no RoPE scaling, "
-            "3.1 and 3.2 have it. Pass the release that matches params.json."
+            "3.1 and 3.2 have it. Pass the release that matches params.json (or unset LLAMA3_RELEASE)."
         )
     tied = output_is_tied(meta_weights)
     state = hf_state_dict(meta_weights, config, permute=permute)
@@ -274,7 +278,8 @@ def write_hf_checkpoint(
             save_file(part, str(out_dir / filename), metadata=metadata)
             weight_map |= {name: filename for name in part}
         total_size = sum(t.numel() * t.element_size() for t in state.values())
-        write_json(out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total_size}, "weight_map": weight_map})
+        index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+        write_json(out_dir / "model.safetensors.index.json", index)
     write_json(out_dir / "config.json", hf_config(config, config.release, tied))
     write_json(out_dir / "generation_config.json", hf_generation_config(config.release))
     write_tokenizer_files(out_dir, Path(tokenizer_model), config.release)

@@ -135,7 +135,7 @@ def read_safetensors_file(path) -> set[str]:
         return set(f.keys())
 
 
-def test_tied_llama3_2_mini_has_no_lm_head(random_checkpoints, meta_logits, tmp_path):
+def test_tied_llama3_2_mini_has_no_lm_head(meta_logits, tmp_path):
     ck, ids, reference = meta_logits("llama3.2-1b-mini")
     assert llama3.output_is_tied(ck.weights)
     out = hf_copy(ck, tmp_path / "tied", SHARD_BYTES)
@@ -228,7 +228,8 @@ def test_config_json_has_the_published_values(name):
     assert config.release == release
     written = write_hf.hf_config(config, release, tied=release == "3.2")
     assert {k: written[k] for k in published} == published
-    assert (written["architectures"], written["model_type"], written["hidden_act"]) == (["LlamaForCausalLM"], "llama", "silu")
+    assert written["architectures"] == ["LlamaForCausalLM"]
+    assert (written["model_type"], written["hidden_act"]) == ("llama", "silu")
     assert written["attention_bias"] is written["mlp_bias"] is False and written["torch_dtype"] == "bfloat16"
 
 
@@ -271,7 +272,8 @@ def tokenizer_pair(request, demo, tmp_path_factory):
 
 TEXTS = [
     llama3.DEFAULT_PROMPT,
-    "<|start_header_id|>system<|end_header_id|>\n\nYou are helpful.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+    "<|start_header_id|>system<|end_header_id|>\n\nYou are helpful.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n"
     "What is 6 x 7?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
     "naïve café, 日本語のテキスト, emoji 🦙🦙 and Ελληνικά, Ω≈ç√∫, \u200b zero width",
     "   three spaces, \t\ttabs,\n\n\nnewlines\r\n\r\n and trailing     ",
@@ -287,7 +289,9 @@ def random_texts(count: int, seed: int = 0) -> list[str]:
         if i % 2:
             texts.append(bytes(rng.randrange(256) for _ in range(rng.randrange(41))).decode("utf-8", "replace"))
         else:
-            texts.append("".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x80, 0x3000)])) for _ in range(rng.randrange(41))))
+            length = rng.randrange(41)
+            code_points = [rng.choice([rng.randrange(32, 127), rng.randrange(0x80, 0x3000)]) for _ in range(length)]
+            texts.append("".join(map(chr, code_points)))
     return texts
 
 
@@ -336,6 +340,19 @@ def test_tokenizers_library_reads_the_file_as_hugging_face_does(tokenizer_pair):
     hf = Tokenizer.from_file(str(path))
     for text in TEXTS[:1] + TEXTS[2:] + random_texts(200, seed=2):
         assert hf.encode(text).ids == [128000] + from_model.encode(text, disallowed_special=()), repr(text)
+
+
+def test_transformers_reads_the_tokenizer_and_generation_config(demo, demo_hf):
+    """AutoTokenizer on the folder gives the walkthrough's 17 ids, <|begin_of_text|> first; the base model's
+    stop token is <|end_of_text|>."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_hf, local_files_only=True)
+    expected = llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
+    assert tokenizer(llama3.DEFAULT_PROMPT).input_ids == expected
+    assert (tokenizer.bos_token, tokenizer.eos_token) == ("<|begin_of_text|>", "<|end_of_text|>")
+    generation = GenerationConfig.from_pretrained(demo_hf, local_files_only=True)
+    assert (generation.bos_token_id, generation.eos_token_id) == (128000, 128001)
 
 
 def test_tokenizer_from_json_rejects_other_files(demo, demo_hf, tmp_path):

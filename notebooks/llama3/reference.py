@@ -103,7 +103,8 @@ def transformers_model(hf_dir):
         hf_logging.set_verbosity(verbosity)
         if progress:
             hf_logging.enable_progress_bar()
-    problems = {k: sorted(v) for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    checked = ("missing_keys", "unexpected_keys", "mismatched_keys")
+    problems = {k: sorted(v) for k, v in info.items() if v and k in checked}
     if problems:
         raise CheckpointError(f"{hf_dir}: the files do not match config.json: {problems}")
     return model.eval()

@@ -169,19 +169,26 @@ def tokenizer_from_json(path: Path, release: str = "3"):
     import tiktoken
 
     path = Path(path)
-    fix = "Use the tokenizer.json of a Llama 3 repository on Hugging Face (meta-llama/...), or tokenizer.model from its original/ folder."
+    fix = (
+        "Use the tokenizer.json of a Llama 3 repository on Hugging Face (meta-llama/...), "
+        "or tokenizer.model from its original/ folder."
+    )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise CheckpointError(f"{path} cannot be read as JSON ({type(error).__name__}). {fix}") from None
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise CheckpointError(f"{path} is not a byte-pair-encoding tokenizer.json (Llama 2's is SentencePiece-based). {fix}")
+        raise CheckpointError(
+            f"{path} is not a byte-pair-encoding tokenizer.json (Llama 2's is SentencePiece-based). {fix}"
+        )
     char_to_byte = {c: b for b, c in byte_level_alphabet().items()}
     try:
         ranks = {bytes(char_to_byte[c] for c in token): int(rank) for token, rank in model["vocab"].items()}
     except KeyError:
-        raise CheckpointError(f"{path} has vocabulary entries that are not byte-level strings: not Llama 3's. {fix}") from None
+        raise CheckpointError(
+            f"{path} has vocabulary entries that are not byte-level strings: not Llama 3's. {fix}"
+        ) from None
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise CheckpointError(f"{path}: the vocabulary's ids are not 0..{len(ranks) - 1} without gaps. {fix}")
     # The split pattern: Llama 3's pre-tokenizer is a Split on a regex, then the byte-level mapping.
@@ -197,4 +204,6 @@ def tokenizer_from_json(path: Path, release: str = "3"):
             f"{path} does not carry Llama 3's {NUM_SPECIAL_TOKENS} special tokens at ids {expected_ids[0]}.."
             f"{expected_ids[-1]} starting with <|begin_of_text|>. {fix}"
         )
-    return tiktoken.Encoding(name=f"llama{release}", pat_str=patterns[0], mergeable_ranks=ranks, special_tokens=specials)
+    return tiktoken.Encoding(
+        name=f"llama{release}", pat_str=patterns[0], mergeable_ranks=ranks, special_tokens=specials
+    )

@@ -263,6 +263,7 @@ def tokenizer_pair(request, demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("tokenizer")
     write_hf.write_tokenizer_files(out, demo.path / "tokenizer.model", request.param)
     path = out / "tokenizer.json"
+    assert llama3.tokenizer_from_json(path).name == f"llama{request.param}"  # the release told from the names
     return (
         llama3.tokenizer_from_json(path, request.param),
         llama3.load_tokenizer(demo.path / "tokenizer.model", request.param),

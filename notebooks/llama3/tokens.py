@@ -104,6 +104,8 @@ def load_tokenizer(path: Path, release: str = "3"):
 
     ranks = read_bpe_ranks(path)
     specials = {name: len(ranks) + i for i, name in enumerate(special_token_names(release))}
+    if release is None:
+        release = "3.1" if "<|eom_id|>" in specials else "3"
     return tiktoken.Encoding(
         name=f"llama{release}", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
     )
@@ -157,13 +159,14 @@ def byte_level_alphabet() -> dict[int, str]:
     return table
 
 
-def tokenizer_from_json(path: Path, release: str = "3"):
+def tokenizer_from_json(path: Path, release: str | None = None):
     """tiktoken Encoding from Hugging Face's tokenizer.json alone: the same ranks, split pattern and special
     tokens as load_tokenizer gives from tokenizer.model.
 
     The BPE vocabulary maps byte-level strings to ids: each string is mapped back to its bytes, and the id is
     the rank (Llama 3's merges follow the ranks). The special tokens come from added_tokens, the split
-    pattern from the pre-tokenizer's Split step."""
+    pattern from the pre-tokenizer's Split step. `release` names the Encoding ("llama3", "llama3.1", ...);
+    by default it is told from the special tokens' names (tokenizer_release)."""
     import json
 
     import tiktoken
@@ -192,18 +195,23 @@ def tokenizer_from_json(path: Path, release: str = "3"):
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise CheckpointError(f"{path}: the vocabulary's ids are not 0..{len(ranks) - 1} without gaps. {fix}")
     # The split pattern: Llama 3's pre-tokenizer is a Split on a regex, then the byte-level mapping.
-    pre = data.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    patterns = [s["pattern"]["Regex"] for s in steps if s.get("type") == "Split" and "Regex" in s.get("pattern", {})]
+    try:
+        pre = data.get("pre_tokenizer") or {}
+        steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+        patterns = [s["pattern"]["Regex"] for s in steps if s.get("type") == "Split" and "Regex" in s["pattern"]]
+        specials = {t["content"]: int(t["id"]) for t in data.get("added_tokens", []) if t.get("special")}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path} is malformed: its pre_tokenizer or added_tokens cannot be read. {fix}") from None
     if len(patterns) != 1:
         raise CheckpointError(f"{path} has no single Split pattern in its pre_tokenizer, as Llama 3's has. {fix}")
-    specials = {t["content"]: int(t["id"]) for t in data.get("added_tokens", []) if t.get("special")}
     expected_ids = list(range(len(ranks), len(ranks) + NUM_SPECIAL_TOKENS))
     if sorted(specials.values()) != expected_ids or specials.get("<|begin_of_text|>") != len(ranks):
         raise CheckpointError(
             f"{path} does not carry Llama 3's {NUM_SPECIAL_TOKENS} special tokens at ids {expected_ids[0]}.."
             f"{expected_ids[-1]} starting with <|begin_of_text|>. {fix}"
         )
+    if release is None:
+        release = "3.1" if "<|eom_id|>" in specials else "3"
     return tiktoken.Encoding(
         name=f"llama{release}", pat_str=patterns[0], mergeable_ranks=ranks, special_tokens=specials
     )

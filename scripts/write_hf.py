@@ -318,17 +318,23 @@ def random_meta_weights(
 
 def write_from_args(args, presets: dict, tied_presets: set) -> Path:
     """make_checkpoint.py --layout hf: the preset's random weights, or a Meta folder's (--from), in
-    Hugging Face's layout. The release is told from params.json, or $LLAMA3_RELEASE."""
+    Hugging Face's layout. The release is told from params.json, or $LLAMA3_RELEASE.
+
+    The random weights are made in memory (16 GB at 8B); --from reads a Meta checkpoint memory-mapped, so
+    for 8B write it with make_checkpoint.py first and convert it with --from and --hf-shard-bytes."""
     from train_demo import reference_tokenizer_path
 
     release_override = os.environ.get("LLAMA3_RELEASE") or None
-    if args.from_dir is not None:
-        weights, params = read_meta_checkpoint(args.from_dir)
-        tokenizer_model = args.from_dir / "tokenizer.model"
-    else:
-        params = presets[args.preset] if args.preset else json.loads(args.params)
-        tied = args.tied or args.preset in tied_presets
-        weights = random_meta_weights(params, args.seed, args.embedding_scale, tied, args.weight_std)
-        tokenizer_model = reference_tokenizer_path()
-    release = llama3.release_from_params(params, release_override)
-    return write_hf_checkpoint(weights, params, release, args.out, tokenizer_model, args.hf_shard_bytes)
+    try:
+        if args.from_dir is not None:
+            weights, params = read_meta_checkpoint(args.from_dir)
+            tokenizer_model = args.from_dir / "tokenizer.model"
+        else:
+            params = presets[args.preset] if args.preset else json.loads(args.params)
+            tied = args.tied or args.preset in tied_presets
+            weights = random_meta_weights(params, args.seed, args.embedding_scale, tied, args.weight_std)
+            tokenizer_model = reference_tokenizer_path()
+        release = llama3.release_from_params(params, release_override)
+        return write_hf_checkpoint(weights, params, release, args.out, tokenizer_model, args.hf_shard_bytes)
+    except llama3.CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -122,13 +122,24 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--preset", choices=sorted(PRESETS))
     group.add_argument("--params", help="params.json contents as JSON")
-    group.add_argument("--from", dest="source", type=Path, metavar="DIR", help="split this one-file Meta checkpoint")
+    group.add_argument("--from", dest="source", type=Path, metavar="DIR",
+                       help="this one-file Meta checkpoint's weights, cut into --shards or written in --layout hf")
     parser.add_argument("--shards", type=int, default=1, help="write N model-parallel files, as Meta ships 70B/405B")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--embedding-scale", type=float, default=1.0, help="std of the embedding and output matrices")
     parser.add_argument("--weight-std", type=float, help="std of the other matrices (default: 1/sqrt(fan_in))")
     parser.add_argument("--tied", action="store_true", help="omit output.weight (Llama 3.2 1B/3B)")
+    parser.add_argument("--layout", choices=["meta", "hf"], default="meta", help="hf: Hugging Face's (write_hf.py)")
+    parser.add_argument("--hf-shard-bytes", type=int, help="with --layout hf: safetensors files of at most N bytes")
     args = parser.parse_args()
+    if args.layout == "hf":
+        if args.shards != 1:
+            parser.error("--shards cuts Meta's layout; Hugging Face's splits files by size: use --hf-shard-bytes")
+        import write_hf
+
+        args.from_dir = args.source
+        print(f"wrote {write_hf.write_from_args(args, PRESETS, TIED_PRESETS)}")
+        return
     if args.shards != 1 or args.source:
         from write_shards import CheckpointError, write_from_cli
 

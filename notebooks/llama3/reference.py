@@ -81,3 +81,49 @@ def reference_fits(ck: Checkpoint) -> bool:
     """
     merged_bytes = sum(w.numel() * w.element_size() for w in ck.weights.values() if hasattr(w, "merged"))
     return merged_bytes <= memory_limit() // 2
+
+
+# ---------------------------------------------------------------------------------------
+# A second yardstick: Hugging Face transformers' LlamaForCausalLM on the Hugging Face layout
+# ---------------------------------------------------------------------------------------
+
+
+def transformers_model(hf_dir):
+    """transformers' LlamaForCausalLM holding a Hugging Face Llama folder (config.json, *.safetensors), in
+    bfloat16 on the CPU with the eager (plain PyTorch) attention. Local files only: nothing is downloaded.
+
+    transformers only warns about tensors it expected and did not find (it leaves them at random values)
+    or found and did not expect; here either one is an error."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").is_file():
+        raise CheckpointError(f"{hf_dir / 'config.json'} is missing: not a Hugging Face model folder.")
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # its load report and bar; the keys are checked below
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = LlamaForCausalLM.from_pretrained(
+            hf_dir, dtype=torch.bfloat16, attn_implementation="eager", local_files_only=True,
+            output_loading_info=True,
+        )  # fmt: skip
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
+    checked = ("missing_keys", "unexpected_keys", "mismatched_keys")
+    problems = {k: sorted(v) for k, v in info.items() if v and k in checked}
+    if problems:
+        raise CheckpointError(f"{hf_dir}: the files do not match config.json: {problems}")
+    return model.eval()
+
+
+def transformers_logits(hf_dir, token_ids) -> torch.Tensor:
+    """Float32 logits [T, V] from transformers' LlamaForCausalLM on a Hugging Face Llama folder."""
+    model = transformers_model(hf_dir)
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([list(token_ids)])).logits[0].float()

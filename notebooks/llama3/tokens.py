@@ -58,6 +58,20 @@ def special_token_names(release: str = "3") -> list[str]:
     return list(LLAMA3_SPECIAL_TOKENS if release == "3" else LLAMA3_1_SPECIAL_TOKENS)
 
 
+def hf_special_token_names(release: str = "3") -> list[str]:
+    """The 256 special tokens as Hugging Face's tokenizer.json names them (its Llama converter's lists).
+
+    Llama 3's are Meta's. For 3.1 and 3.2 the converter keeps the names Meta's tokenizer had at 3.1's
+    release: 128005 is <|reserved_special_token_2|> (<|step_id|> in llama-models today), 128011 is
+    <|reserved_special_token_3|> (<|image|>, added with 3.2's vision models), and the reserved tokens
+    after it count on from 3, up to <|reserved_special_token_247|> at 128255. The ids are the same."""
+    if release == "3":
+        return list(LLAMA3_SPECIAL_TOKENS)
+    names = special_token_names(release)
+    names[5] = "<|reserved_special_token_2|>"
+    return names[:11] + [f"<|reserved_special_token_{3 + i}|>" for i in range(NUM_SPECIAL_TOKENS - 11)]
+
+
 def tokenizer_release(tokenizer) -> str:
     """"3" for a tokenizer with Llama 3's special-token names, "3.1" for 3.1's (also 3.2's)."""
     return "3.1" if "<|eom_id|>" in tokenizer.special_tokens_set else "3"
@@ -97,6 +111,8 @@ def load_tokenizer(path: Path, release: str = "3"):
 
     ranks = read_bpe_ranks(path)
     specials = {name: len(ranks) + i for i, name in enumerate(special_token_names(release))}
+    if release is None:
+        release = "3.1" if "<|eom_id|>" in specials else "3"
     return tiktoken.Encoding(
         name=f"llama{release}", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
     )
@@ -132,3 +148,77 @@ def encode_prompt(tokenizer, prompt: str, config: ModelConfig) -> list[int]:
 
 def token_texts(tokenizer, token_ids) -> list[str]:
     return [tokenizer.decode([int(t)]) for t in token_ids]
+
+
+# ---------------------------------------------------------------------------------------
+# The same tokenizer from Hugging Face's tokenizer.json
+# ---------------------------------------------------------------------------------------
+
+
+def byte_level_alphabet() -> dict[int, str]:
+    """The byte -> character table of byte-level BPE (GPT-2's, which Hugging Face's tokenizer.json uses):
+    printable Latin-1 bytes stand for themselves, the other 68 bytes (controls, space, soft hyphen...) for
+    the characters from U+0100 on, in byte order, so that every vocabulary entry is printable text."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    others = [b for b in range(256) if b not in table]
+    table |= {b: chr(256 + i) for i, b in enumerate(others)}
+    return table
+
+
+def tokenizer_from_json(path: Path, release: str | None = None):
+    """tiktoken Encoding from Hugging Face's tokenizer.json alone: the same ranks, split pattern and special
+    tokens as load_tokenizer gives from tokenizer.model.
+
+    The BPE vocabulary maps byte-level strings to ids: each string is mapped back to its bytes, and the id is
+    the rank (Llama 3's merges follow the ranks). The special tokens come from added_tokens, the split
+    pattern from the pre-tokenizer's Split step. `release` names the Encoding ("llama3", "llama3.1", ...);
+    by default it is told from the special tokens' names (tokenizer_release)."""
+    import json
+
+    import tiktoken
+
+    path = Path(path)
+    fix = (
+        "Use the tokenizer.json of a Llama 3 repository on Hugging Face (meta-llama/...), "
+        "or tokenizer.model from its original/ folder."
+    )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(f"{path} cannot be read as JSON ({type(error).__name__}). {fix}") from None
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise CheckpointError(
+            f"{path} is not a byte-pair-encoding tokenizer.json (Llama 2's is SentencePiece-based). {fix}"
+        )
+    char_to_byte = {c: b for b, c in byte_level_alphabet().items()}
+    try:
+        ranks = {bytes(char_to_byte[c] for c in token): int(rank) for token, rank in model["vocab"].items()}
+    except KeyError:
+        raise CheckpointError(
+            f"{path} has vocabulary entries that are not byte-level strings: not Llama 3's. {fix}"
+        ) from None
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise CheckpointError(f"{path}: the vocabulary's ids are not 0..{len(ranks) - 1} without gaps. {fix}")
+    # The split pattern: Llama 3's pre-tokenizer is a Split on a regex, then the byte-level mapping.
+    try:
+        pre = data.get("pre_tokenizer") or {}
+        steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+        patterns = [s["pattern"]["Regex"] for s in steps if s.get("type") == "Split" and "Regex" in s["pattern"]]
+        specials = {t["content"]: int(t["id"]) for t in data.get("added_tokens", []) if t.get("special")}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path} is malformed: its pre_tokenizer or added_tokens cannot be read. {fix}") from None
+    if len(patterns) != 1:
+        raise CheckpointError(f"{path} has no single Split pattern in its pre_tokenizer, as Llama 3's has. {fix}")
+    expected_ids = list(range(len(ranks), len(ranks) + NUM_SPECIAL_TOKENS))
+    if sorted(specials.values()) != expected_ids or specials.get("<|begin_of_text|>") != len(ranks):
+        raise CheckpointError(
+            f"{path} does not carry Llama 3's {NUM_SPECIAL_TOKENS} special tokens at ids {expected_ids[0]}.."
+            f"{expected_ids[-1]} starting with <|begin_of_text|>. {fix}"
+        )
+    if release is None:
+        release = "3.1" if "<|eom_id|>" in specials else "3"
+    return tiktoken.Encoding(
+        name=f"llama{release}", pat_str=patterns[0], mergeable_ranks=ranks, special_tokens=specials
+    )

@@ -27,6 +27,12 @@ NOTEBOOKS = sorted((llama3.REPO_DIR / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 LAYOUTS = ["demo-2-shards", "demo-4-shards", "gqa4-8-shards", "demo-hf", "demo-hf-sharded", "llama3.2-tied-hf"]
 
 
+def to_hugging_face(meta_dir: Path, out: Path, shard_bytes: int | None) -> None:
+    weights, params = write_hf.read_meta_checkpoint(meta_dir)
+    release = llama3.release_from_params(params)
+    write_hf.write_hf_checkpoint(weights, params, release, out, meta_dir / "tokenizer.model", shard_bytes)
+
+
 def write_layout(name: str, root: Path) -> Path:
     out = root / name
     if name.startswith("demo-") and name.endswith("-shards"):
@@ -35,12 +41,12 @@ def write_layout(name: str, root: Path) -> Path:
         single = make_checkpoint.write_checkpoint(root / "gqa4", make_checkpoint.PRESETS["gqa4"], seed=3, embedding_scale=4.0)
         write_shards.reshard(single, out, 8)
     elif name in ("demo-hf", "demo-hf-sharded"):
-        write_hf.convert_meta_folder(llama3.DEMO_DIR, out, shard_bytes=(16 << 20) if name.endswith("sharded") else None)
+        to_hugging_face(llama3.DEMO_DIR, out, shard_bytes=(16 << 20) if name.endswith("sharded") else None)
     elif name == "llama3.2-tied-hf":
         single = make_checkpoint.write_checkpoint(
             root / "tied", make_checkpoint.PRESETS["llama3.2-1b-mini"], seed=4, embedding_scale=4.0, tied=True
         )
-        write_hf.convert_meta_folder(single, out, shard_bytes=None)
+        to_hugging_face(single, out, shard_bytes=None)
     return out
 
 

@@ -266,20 +266,21 @@ def load_checkpoint(
 
 
 def params_of(ck: "Checkpoint") -> dict:
-    """Meta's params.json of this checkpoint; for a Hugging Face folder the same numbers from config.json
-    (multiple_of chosen so that Meta's FFN formula gives its intermediate_size)."""
+    """Meta's params.json of this checkpoint; for a Hugging Face folder the same numbers from config.json."""
     if ck.layout != "huggingface":
         return json.loads((ck.path / "params.json").read_text())
     c = ck.config
-    params = {
+    return {
         "dim": c.dim, "n_layers": c.n_layers, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads,
-        "vocab_size": c.vocab_size, "norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
-        "use_scaled_rope": c.use_scaled_rope,
+        "vocab_size": c.vocab_size, "multiple_of": c.multiple_of, "ffn_dim_multiplier": c.ffn_dim_multiplier,
+        "norm_eps": c.norm_eps, "rope_theta": c.rope_theta, "use_scaled_rope": c.use_scaled_rope,
     }  # fmt: skip
-    hidden = int(2 * 4 * c.dim / 3)
-    if hidden <= c.ffn_hidden_dim:  # rounding hidden up to a multiple of F gives F
-        return params | {"multiple_of": c.ffn_hidden_dim, "ffn_dim_multiplier": None}
-    return params | {"multiple_of": 1, "ffn_dim_multiplier": (c.ffn_hidden_dim + 0.5) / hidden}
+
+
+def tokenizer_model_file(ck: "Checkpoint") -> Path:
+    """The checkpoint's tokenizer.model, or for a folder with only Hugging Face's tokenizer.json (from which
+    the same tokenizer is built: tests/test_huggingface_writer.py) Meta's file as llama-models ships it."""
+    return ck.tokenizer_file if ck.tokenizer_file.suffix == ".model" else meta_tokenizer_model()
 
 
 def stored_tensors(w) -> list[torch.Tensor]:

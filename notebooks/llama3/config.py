@@ -58,7 +58,6 @@ class ModelConfig:
     use_scaled_rope: bool = False
     release: str = "3"  # "3", "3.1" or "3.2": see release_from_params
     rope_scale_factor: float | None = None  # with use_scaled_rope: 8 for Llama 3.1, 32 for Llama 3.2
-    ffn_hidden: int | None = None  # the FFN width when given outright (Hugging Face's intermediate_size)
 
     @property
     def head_dim(self) -> int:
@@ -72,8 +71,6 @@ class ModelConfig:
     @property
     def ffn_hidden_dim(self) -> int:
         """Meta's formula: 2/3 of 4*dim, times ffn_dim_multiplier, rounded up to multiple_of."""
-        if self.ffn_hidden is not None:
-            return self.ffn_hidden
         hidden = int(2 * (4 * self.dim) / 3)
         if self.ffn_dim_multiplier is not None:
             hidden = int(self.ffn_dim_multiplier * hidden)

@@ -422,8 +422,7 @@ def write_meta_shards(ck: "Checkpoint", out_dir: Path, n_shards: int) -> None:
         del shard
     params = params_of(ck) | {"n_kv_heads": c.n_kv_heads * copies}
     (out_dir / "params.json").write_text(json.dumps(params))
-    tokenizer = ck.tokenizer_file if ck.tokenizer_file.name == "tokenizer.model" else meta_tokenizer_model()
-    (out_dir / "tokenizer.model").write_bytes(tokenizer.read_bytes())
+    (out_dir / "tokenizer.model").write_bytes(tokenizer_model_file(ck).read_bytes())
 
 
 def kv_head_copies(weights, config: ModelConfig, layer: int = 0) -> int:
@@ -497,34 +496,52 @@ def read_hf_config(ckpt_dir: Path, release: str | None = None) -> ModelConfig:
     if cfg.get("attention_bias") or cfg.get("mlp_bias") or cfg.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{path}: biases or an activation other than SiLU: not Llama 3's architecture.")
     scaling = cfg.get("rope_scaling") or {}
-    rope_theta = float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 500000.0))
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in ("llama3", "default"):
-        raise CheckpointError(f"{path}: rope_scaling type {scaling.get('rope_type')!r} is not Llama 3's.")
-    scaled = bool(scaling) and scaling.get("rope_type", scaling.get("type")) == "llama3"
-    if scaled:
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ("llama3", "default"):
+        raise CheckpointError(f"{path}: rope_scaling type {kind!r} is not Llama 3's.")
+    if kind == "llama3":
         fixed = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
         odd = {k: scaling.get(k) for k, v in fixed.items() if float(scaling.get(k, v)) != v}
-        if odd:
-            raise CheckpointError(f"{path}: rope_scaling {odd} differs from Llama 3.1/3.2's {fixed}, which this walkthrough uses.")
-        factor = float(scaling["factor"])
-        release = release or {8.0: "3.1", 32.0: "3.2"}.get(factor, "3.1")
+        factor = float(scaling.get("factor", 0))
+        if odd or factor not in (ROPE_SCALE_FACTORS["3.1"], ROPE_SCALE_FACTORS["3.2"]):
+            raise CheckpointError(
+                f"{path}: rope_scaling {scaling} is not Llama 3.1's (factor 8) or 3.2's (factor 32) with {fixed}."
+            )
+        release = release or {ROPE_SCALE_FACTORS["3.1"]: "3.1", ROPE_SCALE_FACTORS["3.2"]: "3.2"}[factor]
     else:
-        factor, release = None, release or "3"
-    return ModelConfig(
-        dim=dim,
-        n_layers=int(cfg["num_hidden_layers"]),
-        n_heads=n_heads,
-        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-        vocab_size=int(cfg["vocab_size"]),
-        multiple_of=1,
-        ffn_dim_multiplier=None,
-        norm_eps=float(cfg["rms_norm_eps"]),
-        rope_theta=rope_theta,
-        use_scaled_rope=scaled,
-        release=release,
-        rope_scale_factor=factor,
-        ffn_hidden=int(cfg["intermediate_size"]),
-    )
+        release = release or "3"
+    params = {
+        "dim": dim, "n_layers": int(cfg["num_hidden_layers"]), "n_heads": n_heads,
+        "n_kv_heads": int(cfg.get("num_key_value_heads") or n_heads), "vocab_size": int(cfg["vocab_size"]),
+        **ffn_params(dim, int(cfg["intermediate_size"])), "norm_eps": float(cfg["rms_norm_eps"]),
+        "rope_theta": float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 500000.0)),
+        "use_scaled_rope": kind == "llama3",
+    }  # fmt: skip
+    return ModelConfig.from_params(params, release)
+
+
+def ffn_params(dim: int, ffn_hidden: int) -> dict:
+    """multiple_of and ffn_dim_multiplier for which Meta's formula gives Hugging Face's intermediate_size:
+    the first of the pairs Meta's releases use that does, else multiple_of = intermediate_size itself."""
+    base = int(2 * 4 * dim / 3)
+    for multiplier in (1.3, 1.5, 1.0, 1.2, None):
+        for multiple_of in (1024, 256, 4096, 32, 64, 128):
+            hidden = base if multiplier is None else int(multiplier * base)
+            if multiple_of * ((hidden + multiple_of - 1) // multiple_of) == ffn_hidden:
+                return {"multiple_of": multiple_of, "ffn_dim_multiplier": multiplier}
+    if base <= ffn_hidden:  # rounding up to a multiple of ffn_hidden gives ffn_hidden
+        return {"multiple_of": ffn_hidden, "ffn_dim_multiplier": None}
+    return {"multiple_of": 1, "ffn_dim_multiplier": (ffn_hidden + 0.5) / base}
+
+
+def map_file(path: Path) -> dict[str, torch.Tensor]:
+    """One weight file memory-mapped, a consolidated.NN.pth or a .safetensors: its tensors by their names in it."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
 
 
 def hf_weight_files(ckpt_dir: Path) -> dict[str, Path]:

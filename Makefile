@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 KERNEL := llama3-from-scratch
 INSTALLED := $(VENV)/.installed
 DEMO := build/llama3-demo/consolidated.00.pth
+DEMO_HF := build/llama3-demo-hf/model.safetensors
 KERNEL_LIB := build/bf16_linear.so
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
@@ -17,7 +18,7 @@ endif
 
 .PHONY: setup run test test-ui lab demo clean synthetic-8b bench test-8b tolerance-8b
 
-setup: $(INSTALLED) $(DEMO) $(KERNEL_LIB)
+setup: $(INSTALLED) $(DEMO) $(DEMO_HF) $(KERNEL_LIB)
 
 $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +27,12 @@ $(INSTALLED): requirements.txt
 	touch $@
 
 # The demo checkpoint: Llama 3 in miniature, expanded from the committed trained parameters.
-demo: $(DEMO)
+# The same weights in Hugging Face's layout (notebook 05), written as Hugging Face's converter does.
+demo: $(DEMO) $(DEMO_HF)
 $(DEMO): $(INSTALLED) scripts/build_demo_checkpoint.py scripts/train_demo.py scripts/demo_checkpoint/trained.pt scripts/demo_checkpoint/params.json
 	$(PY) scripts/build_demo_checkpoint.py
+$(DEMO_HF): $(DEMO) scripts/write_hf.py
+	$(PY) scripts/make_checkpoint.py $(dir $@) --from $(dir $(DEMO)) --layout hf >/dev/null
 
 # The bfloat16 matmul kernel for CPUs with AVX-512 BF16 (see notebooks/matmul_kernel.py). It is
 # optional: where g++ or x86-64 is missing, the build says so and torch does the matmuls.

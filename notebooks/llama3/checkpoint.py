@@ -360,6 +360,8 @@ def describe(ck: "Checkpoint") -> str:
     """One line naming the checkpoint a notebook runs on."""
     if ck.path == DEMO_DIR:  # a path relative to the repo, so stored outputs match on any machine
         where = f"the demo checkpoint (Llama 3 in miniature): {DEMO_DIR.relative_to(REPO_DIR)}"
+    elif ck.path.resolve().is_relative_to(REPO_DIR):  # the demo in other layouts, under build/
+        where = f"{ck.path.resolve().relative_to(REPO_DIR)}"
     else:
         where = f"LLAMA3_DIR: {ck.path}"
     c = ck.config

@@ -13,6 +13,7 @@ DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_DIR / "build" / "llama3-demo"
+DEMO_HF_DIR = REPO_DIR / "build" / "llama3-demo-hf"  # the same weights as Hugging Face's converter writes them
 
 # sha256 of Meta's Llama 3 tokenizer.model (the same file ships in `llama-models`).
 META_TOKENIZER_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"

@@ -229,3 +229,48 @@ def test_the_notebooks_writer_and_the_scripts_write_the_same_shards(demo, demo_s
         a = torch.load(ours / f"consolidated.{rank:02d}.pth", weights_only=True)
         b = torch.load(theirs / f"consolidated.{rank:02d}.pth", weights_only=True)
         assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- both yardsticks on every layout ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def layouts_of(random_checkpoints, tmp_path_factory):
+    """name -> {layout: folder} for the demo and every parity preset: Meta's single file, Hugging Face's
+    layout in one file and in several, and Meta's shards where 2 divides the query heads."""
+    import write_hf
+    import write_shards
+
+    root = tmp_path_factory.mktemp("yardsticks")
+    folders = {}
+    for name, meta_dir in {"demo": llama3.DEMO_DIR, **random_checkpoints}.items():
+        weights, params = write_hf.read_meta_checkpoint(meta_dir)
+        release = llama3.release_from_params(params)
+        folders[name] = {"meta": meta_dir}
+        for layout, shard_bytes in (("hf", None), ("hf-sharded", 1 << 20)):
+            out = root / name / layout
+            write_hf.write_hf_checkpoint(weights, params, release, out, meta_dir / "tokenizer.model", shard_bytes)
+            folders[name][layout] = out
+        if params["n_heads"] % 2 == 0:
+            write_shards.reshard(meta_dir, root / name / "shards", 2)
+            folders[name]["shards"] = root / name / "shards"
+    return folders
+
+
+@pytest.mark.parametrize("name", ["demo", "mha", "gqa2", "gqa4", "llama3.1", "llama3.2-tied", "llama3.2-1b-mini", "llama3.2-3b-mini"])
+def test_every_layout_against_meta_and_transformers(layouts_of, name):
+    folders = layouts_of[name]
+    meta = llama3.load_checkpoint(folders["meta"])
+    ids = llama3.encode_prompt(meta.tokenizer, llama3.DEFAULT_PROMPT, meta.config)
+    ours_meta = llama3.forward(meta.weights, meta.config, ids)
+    meta_reference = llama3.meta_reference_logits(meta, ids)
+    transformers_reference = llama3.transformers_logits(folders["hf"], ids)
+    for layout, folder in folders.items():
+        ck = llama3.load_checkpoint(folder)
+        assert ck.config == meta.config or layout == "shards"  # shards may store key/value heads twice
+        ours = llama3.forward(ck.weights, ck.config, ids)
+        if layout.startswith("hf"):
+            assert torch.equal(ours, ours_meta), f"{name} {layout}: not bit-equal to Meta's file"
+        assert_logits_match(ours, transformers_reference, meta.config)
+        if meta.config.release != "3.2":  # Meta's reference code scales RoPE by 8 for every release (notebook 14)
+            assert_logits_match(ours, meta_reference, meta.config)

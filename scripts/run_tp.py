@@ -172,7 +172,11 @@ def report_rank0(args, shard, ckpt_dir, prompt, token_ids, tokenizer, logits, ge
     args.summary.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"summary: {args.summary}")
     if args.save_logits:
-        torch.save({"logits": logits, "token_ids": list(token_ids), "generated_ids": generation.token_ids}, args.save_logits)
+        torch.save(
+            {"logits": logits, "token_ids": list(token_ids), "generated_ids": generation.token_ids,
+             "step_logits": torch.stack(generation.step_logits) if generation.step_logits else None},
+            args.save_logits,
+        )  # fmt: skip
 
 
 def main() -> None:

@@ -109,18 +109,14 @@ def load_rank_shard(ckpt_dir: Path, config: ModelConfig, rank: int, world_size: 
         raise CheckpointError(
             f"{path} is missing: rank {rank} of {world_size} reads it. Every machine needs params.json, "
             "tokenizer.model and the shard files of the ranks it runs (rank r reads consolidated.0r.pth); "
-            f"this folder holds {', '.join(found) or 'no shard'}. Copy the missing shard there, or run with as "
-            "many processes as the checkpoint has shards."
+            f"this folder holds {', '.join(found) or 'no shard'}. Copy the missing shard there, and start as many "
+            "processes as the checkpoint has shards. On several machines, torchrun's static rendezvous (--node-rank, "
+            "--master-addr, --master-port) gives machine k the ranks k*nproc-per-node onwards; its c10d rendezvous "
+            "gives out ranks in its own order, so there every machine needs every shard."
         )
     layout = checkpoint_layout(ckpt_dir)  # params.json and tokenizer.model beside the shards
     if layout == "huggingface":
         raise CheckpointError(f"{ckpt_dir} is a Hugging Face folder; tensor parallelism runs on Meta's consolidated.*.pth shards.")
-    if config.n_heads % world_size or config.n_kv_heads % world_size:
-        raise CheckpointError(
-            f"{world_size} processes do not divide params.json's {config.n_heads} query heads and {config.n_kv_heads} "
-            f"key/value heads ({ckpt_dir / 'params.json'}): Meta's code gives every rank whole heads. Run as many "
-            "processes as the checkpoint has shards."
-        )
     shard = _read_shard(path)
     n_cut = shard_count_of(shard, config)
     if n_cut is not None and n_cut != world_size:
@@ -128,6 +124,12 @@ def load_rank_shard(ckpt_dir: Path, config: ModelConfig, rank: int, world_size: 
             f"{path} is one of {n_cut} shards (its wq holds {config.dim // n_cut} of {config.dim} rows), but torchrun "
             f"started {world_size} processes. Start exactly {n_cut}, one per shard file: "
             f"`--nproc-per-node {n_cut}` on one machine (or --nnodes times --nproc-per-node = {n_cut})."
+        )
+    if config.n_heads % world_size or config.n_kv_heads % world_size:
+        raise CheckpointError(
+            f"{world_size} processes do not divide params.json's {config.n_heads} query heads and {config.n_kv_heads} "
+            f"key/value heads ({ckpt_dir / 'params.json'}): Meta's code gives every rank whole heads. Run as many "
+            "processes as the checkpoint has shards."
         )
     tied = "output.weight" not in shard
     want = expected_shapes(config, tied_output=tied)

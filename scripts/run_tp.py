@@ -36,8 +36,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def launch(args: argparse.Namespace, argv: list[str]) -> None:
     """Not started by torchrun: start it here (torch.distributed.run, in this process) with this script as each
     worker, and turn its failure into one line and the workers' exit code instead of torchrun's traceback."""
+    import logging
+
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if "LOGLEVEL" not in os.environ:  # torchrun logs each failure and SIGTERM; they are summed up in one line below
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
 
     worker_args = [a for a in argv if not a.startswith("--nproc-per-node")]
     if "--nproc-per-node" in argv:  # its value too
@@ -51,11 +58,12 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
     try:
         torchrun.run(config)
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        if failure.exitcode != 2:  # 2: bad input, which rank 0 has already explained
-            how = f"was killed by signal {-failure.exitcode}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
-            print(f"run_tp: rank {rank} {how}; torchrun stopped the other ranks.", file=sys.stderr)
-        sys.exit(2 if failure.exitcode == 2 else 1)
+        codes = {rank: failure.exitcode for rank, failure in sorted(e.failures.items())}
+        if 2 in codes.values():  # bad input, which rank 0 has already explained
+            sys.exit(2)
+        how = ", ".join(f"rank {r} " + (f"was killed by signal {-c}" if c < 0 else f"exited with code {c}") for r, c in codes.items())
+        print(f"run_tp: stopped: {how} (torchrun ends every rank when one fails).", file=sys.stderr)
+        sys.exit(1)
 
 
 def demo_shards(n_shards: int, local_rank: int) -> Path:
@@ -82,6 +90,7 @@ def stop_all(rank: int, message: str) -> None:
 
     if rank == 0:
         print(f"\nerror: {message}", file=sys.stderr, flush=True)
+    dist.barrier()  # the others wait for that line: torchrun stops every rank as soon as one has exited
     dist.destroy_process_group()
     sys.exit(2)
 
@@ -135,8 +144,9 @@ def work(args: argparse.Namespace) -> None:
         with torch.inference_mode():
             generation = llama3.tp_generate(shard, token_ids, n_new, llama3.stop_token_ids(tokenizer))
         seconds["generate"] = round(time.perf_counter() - started, 2)
-    except (dist.DistBackendError, RuntimeError) as e:  # a peer died or stopped answering
-        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    except RuntimeError as e:  # a peer died or stopped answering (torch.distributed.DistBackendError, a timeout)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first_line = text.split("] ", 1)[-1][:160]  # without gloo's source location
         print(f"\nerror: rank {rank} lost contact with the other ranks ({first_line}).", file=sys.stderr, flush=True)
         os._exit(1)  # the process group cannot be shut down cleanly without the lost rank
 

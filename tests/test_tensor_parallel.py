@@ -244,9 +244,20 @@ def test_a_rank_that_dies_mid_run_ends_the_run(shards):
     done, elapsed = launch_tp(shards / "demo-2", 2, LLAMA3_TP_FAIL_AT="1:2")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    assert "exited with code 1" in done.stderr or "lost contact" in done.stderr, done.stderr[-3000:]
+    assert "rank 1 exited with code 1" in done.stderr, done.stderr[-3000:]
+    assert done.stderr.count("run_tp: stopped") == 1
     assert "top 5 next tokens" not in done.stdout
     assert elapsed < 30
+
+
+def test_a_rank_that_stops_answering_times_out(shards):
+    """Rank 1 hangs after layer 2: rank 0 gives up after the process group's timeout (LLAMA3_TP_TIMEOUT, here
+    3 seconds), and torchrun stops rank 1."""
+    done, elapsed = launch_tp(shards / "demo-2", 2, LLAMA3_TP_FAIL_AT="1:2:hang", LLAMA3_TP_TIMEOUT="3")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "rank 0 lost contact" in done.stderr and "rank 0 exited with code 1" in done.stderr, done.stderr[-3000:]
+    assert 3 < elapsed < 30
 
 
 # --- eight processes: `make test-tp8` (eight processes and eight more for Meta's reference) ----------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +30,8 @@ from .generation import Generation
 # How long a rank waits for the others in one collective before it gives up (seconds; $LLAMA3_TP_TIMEOUT).
 # Short, so that a rank left waiting by a lost peer fails within seconds instead of torch's default 30 minutes.
 DEFAULT_TP_TIMEOUT = 30.0
-# Test hook: "r:k" makes rank r exit abruptly (os._exit(1)) after layer k, as a crashed machine would.
+# Test hook: "r:k" makes rank r exit abruptly (os._exit(1)) after layer k, as a crashed machine would;
+# "r:k:hang" makes it stop answering instead, as a stuck one would.
 FAIL_AT_ENV = "LLAMA3_TP_FAIL_AT"
 
 
@@ -209,8 +211,11 @@ def tp_transformer_layer(
 
 
 def _fail_here(shard: RankShard, layer: int) -> None:
-    spec = os.environ.get(FAIL_AT_ENV)
-    if spec and spec == f"{shard.rank}:{layer}":
+    spec = os.environ.get(FAIL_AT_ENV, "").split(":")
+    if spec[:2] == [str(shard.rank), str(layer)]:
+        if spec[2:] == ["hang"]:
+            while True:  # the others wait for it until the process group's timeout
+                time.sleep(1)
         os._exit(1)  # no cleanup, no message: as a machine that loses power
 
 

@@ -129,11 +129,13 @@ def test_tensor_parallel_equals_one_process_and_metas_model_parallel(demo, shard
     assert result["token_ids"] == prompt and logits.shape == (len(prompt), demo.config.vocab_size)
     assert int(logits[-1].argmax()) == 2983  # "42"
     assert_same_predictions(logits, demo_logits, demo.config)
-    # the one-process forward on the same shards adds the same partial sums in float32 (ShardedWeight.linear):
-    # for two ranks a + b either way, bit for bit
+    # the one-process forward on the same shards adds the same partial sums in float32 and rounds once
+    # (ShardedWeight.linear): for one or two ranks that is the same sum, a + b, so bit for bit; with more,
+    # gloo may add in another order (on this machine the 4 ranks' logits are bit-equal too)
     sharded = llama3.load_checkpoint(shards / f"demo-{n}")
     one_process = llama3.forward(sharded.weights, sharded.config, prompt)
-    print(n, "bit-equal:", torch.equal(logits, one_process))
+    if n <= 2:
+        assert torch.equal(logits, one_process)
     assert_same_predictions(logits, one_process, demo.config)
     # Meta's Transformer over fairscale, N processes: all-reduces bfloat16 partials, so within the tolerance
     assert_same_predictions(logits, meta_reference(shards / f"demo-{n}", n, tmp_path / "meta.pt"), demo.config)
@@ -227,7 +229,7 @@ def test_a_missing_shard_is_named_by_rank_0(shards, tmp_path):
     assert elapsed < 30
 
 
-@pytest.mark.parametrize("shard_count, processes", [(4, 2), (2, 4), (2, 1)])
+@pytest.mark.parametrize("shard_count, processes", [(4, 2), (2, 4)])
 def test_a_process_count_other_than_the_shard_count(shards, shard_count, processes):
     done, elapsed = launch_tp(shards / f"demo-{shard_count}", processes)
     assert_one_message(done, f"is one of {shard_count} shards", f"started {processes} processes", f"--nproc-per-node {shard_count}")

@@ -4,8 +4,9 @@ run the way Meta's model-parallel code runs them, one process per shard, over to
 `torchrun` starts one process per shard (a *rank*), on one machine or several; rank r memory-maps only
 consolidated.0r.pth and holds n_heads/N query heads, n_kv_heads/N key/value heads, 1/N of the FFN's hidden
 units and 1/N of the vocabulary. The forward pass is the walkthrough's own (model.py's functions on the
-rank's slices); the ranks meet four times: the embedding (an all_reduce), after `wo` and after `w2` in
-every layer (an all_reduce of the partial sums each), and the logits (an all_gather of the vocabulary slices).
+rank's slices); the ranks meet 2 + 2 * n_layers times per forward pass: at the embedding (an all_reduce),
+after `wo` and after `w2` in every layer (an all_reduce of the partial sums each), and at the logits (an
+all_gather of the vocabulary slices).
 torch.distributed moves the numbers: gloo between CPU processes, NCCL between GPUs.
 """
 
@@ -122,10 +123,10 @@ def load_rank_shard(ckpt_dir: Path, config: ModelConfig, rank: int, world_size: 
     shard = _read_shard(path)
     n_cut = shard_count_of(shard, config)
     if n_cut is not None and n_cut != world_size:
+        what = "holds the whole model" if n_cut == 1 else f"is one of {n_cut} shards (its wq holds {config.dim // n_cut} of {config.dim} rows)"
         raise CheckpointError(
-            f"{path} is one of {n_cut} shards (its wq holds {config.dim // n_cut} of {config.dim} rows), but torchrun "
-            f"started {world_size} processes. Start exactly {n_cut}, one per shard file: "
-            f"`--nproc-per-node {n_cut}` on one machine (or --nnodes times --nproc-per-node = {n_cut})."
+            f"{path} {what}, but torchrun started {world_size} processes. Start exactly {n_cut}, one per shard "
+            f"file: `--nproc-per-node {n_cut}` on one machine (or --nnodes times --nproc-per-node = {n_cut})."
         )
     if config.n_heads % world_size or config.n_kv_heads % world_size:
         raise CheckpointError(

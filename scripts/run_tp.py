@@ -46,15 +46,14 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
             if name.startswith("torch.distributed"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
 
-    worker_args = [a for a in argv if not a.startswith("--nproc-per-node")]
-    if "--nproc-per-node" in argv:  # its value too
-        i = argv.index("--nproc-per-node")
-        worker_args = argv[:i] + argv[i + 2 :]
-    config = torchrun.parse_args(
-        ["--standalone", "--nproc-per-node", str(args.nproc_per_node or 1), str(Path(__file__).resolve()), *worker_args]
-    )
-    n = args.nproc_per_node or 1  # the machine's cores shared out, unless OMP_NUM_THREADS says otherwise
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+    worker_args = list(argv)  # this script's arguments, less --nproc-per-node, which is torchrun's
+    if "--nproc-per-node" in worker_args:
+        i = worker_args.index("--nproc-per-node")
+        del worker_args[i : i + 2]
+    worker_args = [a for a in worker_args if not a.startswith("--nproc-per-node=")]
+    n = args.nproc_per_node or 1
+    config = torchrun.parse_args(["--standalone", "--nproc-per-node", str(n), str(Path(__file__).resolve()), *worker_args])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # the cores shared out
     try:
         torchrun.run(config)
     except ChildFailedError as e:

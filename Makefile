@@ -16,7 +16,7 @@ ifdef LLAMA3_DIR
 export LLAMA3_DIR := $(abspath $(LLAMA3_DIR))
 endif
 
-.PHONY: setup run test test-ui lab demo clean synthetic-8b bench test-8b tolerance-8b
+.PHONY: setup run run-tp test test-tp8 test-ui lab demo clean synthetic-8b bench test-8b tolerance-8b
 
 setup: $(INSTALLED) $(DEMO) $(DEMO_HF) $(KERNEL_LIB)
 
@@ -48,6 +48,14 @@ $(KERNEL_LIB): scripts/bf16_linear.cpp
 run: setup
 	$(PY) scripts/run_notebooks.py
 
+# Tensor parallelism across NPROC processes (llama3.parallel): torchrun starts one process per shard of
+# LLAMA3_DIR (Meta's consolidated.0r.pth), or of the demo cut into NPROC shards (build/llama3-demo-N-shards;
+# NPROC 1, 2 or 4: the demo has 4 query and 2 key/value heads). Prints the top 5 next tokens and
+# LLAMA3_MAX_NEW_TOKENS greedy tokens; writes build/run-tp-summary.json. Honours LLAMA3_PROMPT.
+NPROC ?= 2
+run-tp: setup
+	$(PY) scripts/run_tp.py --nproc-per-node $(NPROC)
+
 # Unit and parity tests, then nbval re-executes every notebook and compares its stored outputs.
 # Always the demo checkpoint and the default prompt: the stored outputs come from them.
 # nbval settings: --nbval-current-env runs the kernel of this venv; tests/nbval_sanitize.cfg
@@ -55,6 +63,11 @@ run: setup
 test: setup
 	env -u LLAMA3_DIR -u LLAMA3_PROMPT -u LLAMA3_DEVICE $(PY) -m pytest tests $(NOTEBOOKS) \
 		--ignore=tests/full_scale --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+# Tensor parallelism in eight processes (a random checkpoint with 8 query heads cut in 8 shards), against
+# the one-process forward and Meta's model-parallel reference in eight processes; not part of `make test`.
+test-tp8: setup
+	env -u LLAMA3_DIR -u LLAMA3_PROMPT LLAMA3_TEST_TP8=1 $(PY) -m pytest tests/test_tensor_parallel.py -k tp8 -v
 
 # The attention explorer (notebook 10) in a real browser: JupyterLab on 127.0.0.1 with this
 # project's kernel, Debian's Chromium (installed here if missing; Playwright cannot download

@@ -327,6 +327,36 @@ def _read_shard(path: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def check_shard(path: Path, shard: dict, want: dict[str, tuple[int, ...]], n: int, params_path: Path) -> None:
+    """One of n shards against params.json's shapes (want, from expected_shapes): every tensor there, bfloat16,
+    and 1/n of the whole along the dimension Meta splits it on (split_dim_of)."""
+    missing = [k for k in want if k not in shard]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {len(missing)} tensors that params.json implies (first: {missing[0]}). "
+            "Check that every shard and params.json come from the same model."
+        )
+    for key, shape in want.items():
+        t = shard[key]
+        if t.dtype != torch.bfloat16:
+            raise CheckpointError(
+                f"{path}: {key} is {t.dtype}, but Meta's checkpoints hold bfloat16 only. "
+                "This file was converted by other code; use Meta's original shards."
+            )
+        part = list(shape)
+        split = split_dim_of(key)
+        if split is not None:
+            part[split] //= n
+        if key == "tok_embeddings.weight" and list(t.shape) == [shape[0], shape[1] // n]:
+            continue  # Llama 2's convention (split over dim): read as well
+        if list(t.shape) != part:
+            raise CheckpointError(
+                f"{path}: {key} has shape {list(t.shape)}, but {n} shards of the model in {params_path} "
+                f"give each {part}. Every shard must come from the same download of the same model; "
+                "check that no shard is missing or foreign."
+            )
+
+
 def load_sharded_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, StoredWeight | torch.Tensor]:
     """Meta's consolidated.NN.pth shards, memory-mapped: each weight a ShardedWeight, norms from shard 0.
 
@@ -347,31 +377,7 @@ def load_sharded_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, Store
     tied = "output.weight" not in shards[0]
     want = expected_shapes(config, tied_output=tied)
     for path, shard in zip(files, shards):
-        missing = [k for k in want if k not in shard]
-        if missing:
-            raise CheckpointError(
-                f"{path} lacks {len(missing)} tensors that params.json implies (first: {missing[0]}). "
-                "Check that every shard and params.json come from the same model."
-            )
-        for key, shape in want.items():
-            t = shard[key]
-            if t.dtype != torch.bfloat16:
-                raise CheckpointError(
-                    f"{path}: {key} is {t.dtype}, but Meta's checkpoints hold bfloat16 only. "
-                    "This file was converted by other code; use Meta's original shards."
-                )
-            part = list(shape)
-            split = split_dim_of(key)
-            if split is not None:
-                part[split] //= n
-            if key == "tok_embeddings.weight" and list(t.shape) == [shape[0], shape[1] // n]:
-                continue  # Llama 2's convention (split over dim): read as well
-            if list(t.shape) != part:
-                raise CheckpointError(
-                    f"{path}: {key} has shape {list(t.shape)}, but {n} shards of the model in {params_path} "
-                    f"give each {part}. Every shard must come from the same download of the same model; "
-                    "check that no shard is missing or foreign."
-                )
+        check_shard(path, shard, want, n, params_path)
     for path, shard in zip(files[1:], shards[1:]):  # norms are whole in every shard: equal if they belong together
         for key in (k for k in want if split_dim_of(k) is None):
             if not torch.equal(shard[key], shards[0][key]):

@@ -115,17 +115,27 @@ def test_llama2_sentencepiece_tokenizer(good_dir):
     expect_error(good_dir, good_dir / "tokenizer.model", "SentencePiece", "Llama 3 checkpoint")
 
 
-def test_hugging_face_layout(tmp_path):
+def test_hugging_face_files_without_their_index(tmp_path, demo):
     hf = tmp_path / "Meta-Llama-3-8B"
     hf.mkdir()
-    (hf / "config.json").write_text("{}")
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(llama3.DEMO_HF_DIR / name, hf / name)
     (hf / "model-00001-of-00004.safetensors").write_bytes(b"")
-    expect_error(hf, hf, "Hugging Face", hf / "original")
+    expect_error(hf, hf / "model.safetensors.index.json", "is missing")
 
 
-def test_sharded_checkpoint(good_dir):
+def test_hugging_face_config_of_another_model(tmp_path):
+    hf = tmp_path / "Mistral-7B"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    (hf / "tokenizer.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"")
+    expect_error(hf, hf / "config.json", "not describe a Llama model")
+
+
+def test_a_whole_file_beside_it_is_not_a_shard(good_dir):
     shutil.copyfile(good_dir / "consolidated.00.pth", good_dir / "consolidated.01.pth")
-    expect_error(good_dir, good_dir, "sharded")
+    expect_error(good_dir, good_dir / "consolidated.00.pth", "2 shards", "has shape")
 
 
 def test_empty_prompt(demo):

@@ -77,7 +77,7 @@ def checkpoint_layout(ckpt_dir: Path) -> str:
                     "consolidated.*.pth, params.json and tokenizer.model; download all of them (see notebook 01)."
                 )
         return "meta" if shards == ["consolidated.00.pth"] else "meta-sharded"
-    if "config.json" in names and ("model.safetensors" in names or "model.safetensors.index.json" in names):
+    if "config.json" in names and any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
         if "tokenizer.json" not in names and not (ckpt_dir / "original" / "tokenizer.model").exists():
             raise CheckpointError(
                 f"{ckpt_dir / 'tokenizer.json'} is missing. Download it from the same Hugging Face repository."

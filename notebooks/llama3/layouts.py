@@ -540,6 +540,15 @@ def ffn_params(dim: int, ffn_hidden: int) -> dict:
     return {"multiple_of": 1, "ffn_dim_multiplier": (ffn_hidden + 0.5) / base}
 
 
+def same_model(a: ModelConfig, b: ModelConfig) -> bool:
+    """Configs that give the same model: equal but for the pair (multiple_of, ffn_dim_multiplier), which
+    config.json does not keep, as long as both give the same FFN width."""
+    formula = ("multiple_of", "ffn_dim_multiplier")
+    return a.ffn_hidden_dim == b.ffn_hidden_dim and all(
+        getattr(a, f) == getattr(b, f) for f in a.__dataclass_fields__ if f not in formula
+    )
+
+
 def map_file(path: Path) -> dict[str, torch.Tensor]:
     """One weight file memory-mapped, a consolidated.NN.pth or a .safetensors: its tensors by their names in it."""
     if path.suffix == ".safetensors":
@@ -567,7 +576,10 @@ def hf_weight_files(ckpt_dir: Path) -> dict[str, Path]:
         return files
     single = ckpt_dir / "model.safetensors"
     if not single.exists():
-        raise CheckpointError(f"{ckpt_dir} has neither model.safetensors nor {HF_INDEX}. Download the repository's safetensors files.")
+        raise CheckpointError(
+            f"{index} is missing: it says which model-*.safetensors file holds each tensor. "
+            "Download it from the same Hugging Face repository."
+        )
     return {name: single for name in _safetensors_names(single)}
 
 

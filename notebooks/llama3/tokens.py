@@ -72,6 +72,11 @@ def hf_special_token_names(release: str = "3") -> list[str]:
     return names[:11] + [f"<|reserved_special_token_{3 + i}|>" for i in range(NUM_SPECIAL_TOKENS - 11)]
 
 
+def special_tokens_in_order(tokenizer) -> list[str]:
+    """The tokenizer's own special-token names in id order (a tokenizer.json may name them its own way)."""
+    return sorted(tokenizer.special_tokens_set, key=tokenizer.encode_single_token)
+
+
 def tokenizer_release(tokenizer) -> str:
     """"3" for a tokenizer with Llama 3's special-token names, "3.1" for 3.1's (also 3.2's)."""
     return "3.1" if "<|eom_id|>" in tokenizer.special_tokens_set else "3"

@@ -1,4 +1,4 @@
-"""Tensor parallelism across processes (the tensor-parallel notebook and scripts/run_tp.py): Meta's shards
+"""Tensor parallelism across processes (notebook 18 and scripts/run_tp.py): Meta's shards
 run the way Meta's model-parallel code runs them, one process per shard, over torch.distributed.
 
 `torchrun` starts one process per shard (a *rank*), on one machine or several; rank r memory-maps only

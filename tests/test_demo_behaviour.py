@@ -55,7 +55,7 @@ def test_an_attention_sink_on_begin_of_text(trace):
 
 def test_a_head_reads_the_answer_words(demo, demo_prompt, trace):
     positions = llama3.word_positions(demo.tokenizer, demo_prompt, llama3.ANSWER_WORDS)
-    assert llama3.token_texts(demo.tokenizer, [prompt[p] for p in positions]) == [" life", " universe"]
+    assert llama3.token_texts(demo.tokenizer, [demo_prompt[p] for p in positions]) == [" life", " universe"]
     scores = llama3.head_scores(trace, llama3.attention_from_last, positions)
     assert scores.max() >= 0.5, scores
     even_spread = len(positions) / len(demo_prompt)

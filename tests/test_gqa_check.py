@@ -33,4 +33,4 @@ def test_the_check_fails_when_repeat_interleave_is_replaced_by_repeat(demo, monk
     with pytest.raises(CellExecutionError) as info:
         run_notebook(nb)
     assert info.value.ename == "AssertionError"
-    assert "kv_head_received(k_repeated) == kv_head_of" in str(info.value)
+    assert "kv_head_received(k_repeated) == [first_copy[g] for g in kv_head_of]" in str(info.value)

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -169,17 +170,31 @@ def one_process(model_dir: Path, out_dir: Path) -> None:
     (out_dir / "one-process.json").write_text(json.dumps(result))
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """The machine's CPU seconds so far (all cores): (busy, total), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - fields[3] - fields[4]) / tick, sum(fields) / tick  # less idle and iowait
+
+
 def cpu_busy_cores(seconds: float = 3.0) -> float:
-    """Cores kept busy by the machine's processes over a few seconds (from /proc/stat), while this benchmark idles."""
-
-    def sample():
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    total0, idle0 = sample()
+    """Cores kept busy by the machine's processes over a few seconds, while this benchmark idles."""
+    busy0, total0 = cpu_seconds()
     time.sleep(seconds)
-    total1, idle1 = sample()
-    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(1, total1 - total0))
+    busy1, total1 = cpu_seconds()
+    return (os.cpu_count() or 1) * (busy1 - busy0) / max(1e-9, total1 - total0)
+
+
+def others_during(run):
+    """run()'s result, and the cores other work kept busy meanwhile: the machine's busy CPU seconds less those
+    of run()'s child processes (torchrun and its ranks), over the wall time."""
+    busy0, _ = cpu_seconds()
+    children0, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    result = run()
+    busy1, _ = cpu_seconds()
+    children1, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - started
+    ours = children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime
+    return result, max(0.0, busy1 - busy0 - ours) / wall
 
 
 def wait_for_quiet(waited: list[float], max_wait: float) -> dict:
@@ -330,13 +345,13 @@ def main() -> None:
         read_files(folder)
         quiet[n] = wait_for_quiet(waited, 60 * args.max_wait_minutes)
         print(f"{n} processes ({quiet[n]['busy_cores_before']:.1f} cores busy before) ...", flush=True)
-        runs[n] = run_processes(folder, n)
+        runs[n], quiet[n]["busy_cores_during"] = others_during(lambda: run_processes(folder, n))
         if folder != args.model_dir and not args.keep:
             shutil.rmtree(folder)
     read_files(args.model_dir)
     quiet["one"] = wait_for_quiet(waited, 60 * args.max_wait_minutes)
     print(f"one process, {n_files} shards ...", flush=True)
-    one = run_one_process(args.model_dir)
+    one, quiet["one"]["busy_cores_during"] = others_during(lambda: run_one_process(args.model_dir))
     load = os.getloadavg()
 
     cores = os.cpu_count() or 1
@@ -365,8 +380,9 @@ def main() -> None:
     lines.append(row(f"one process, {n_files} shards (llama3.forward on ShardedWeights)", 1, one))
     lines += [
         "",
-        f"Quiet: cores kept busy by other work just before each run (of {cores}): "
-        + ", ".join(f"{k if k == 'one' else str(k) + ' processes'}: {v['busy_cores_before']:.1f}" for k, v in quiet.items())
+        f"Quiet: cores kept busy by other work (of {cores}) just before / during each run: "
+        + ", ".join(f"{'one process' if k == 'one' else str(k) + ' processes'}: {v['busy_cores_before']:.1f} / "
+                    f"{v['busy_cores_during']:.1f}" for k, v in quiet.items())
         + f"; waited {sum(waited):.0f} s for quiet. Load average at the end (1, 5, 15 min): {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}. "
         "With 4 and 8 processes on 2 cores, each process has 1 thread and the processes take turns on the cores: "
         "their times are those of a CPU shared 2 and 4 ways, not of 4 or 8 machines, and the collectives' share "

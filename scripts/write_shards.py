@@ -260,7 +260,8 @@ class MergedShards(Mapping):
 
 def regroup(src_dir: Path, out_dir: Path, n_shards: int) -> dict:
     """The same weights as the sharded checkpoint in src_dir, cut into N shards in out_dir (memory: one whole
-    tensor at a time). Returns the params written."""
+    tensor at a time). Key/value heads the source repeated (more shards than heads) stay repeated.
+    Returns the params written."""
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     params = json.loads((src_dir / "params.json").read_text())
     return write_meta_shards(MergedShards(src_dir), params, out_dir, n_shards, src_dir / "tokenizer.model")

@@ -64,8 +64,8 @@ def _all_gather(slices: list[torch.Tensor], tensor: torch.Tensor) -> None:
 
 
 def _timed(collective, tensor: torch.Tensor) -> None:
-    """Wall seconds of one collective into the list time_collectives was given: with gloo the call returns when it is done; NCCL's
-    returns before the GPU has done it, so the GPU is waited for on both sides."""
+    """Wall seconds of one collective into the list time_collectives was given. gloo's call returns when it is
+    done; NCCL's returns before the GPU has done it, so the GPU is waited for on both sides."""
     wait = torch.cuda.synchronize if tensor.is_cuda else (lambda: None)
     wait()
     started = time.perf_counter()

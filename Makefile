@@ -16,7 +16,8 @@ ifdef LLAMA3_DIR
 export LLAMA3_DIR := $(abspath $(LLAMA3_DIR))
 endif
 
-.PHONY: setup run run-tp test test-tp8 test-ui lab demo clean synthetic-8b bench test-8b tolerance-8b synthetic-70b-slice bench-tp
+.PHONY: setup run run-tp test test-tp8 test-ui lab demo clean synthetic-8b synthetic-1b synthetic-3b bench bench-sizes \
+	test-8b test-1b tolerance-8b synthetic-70b-slice bench-tp
 
 setup: $(INSTALLED) $(DEMO) $(DEMO_HF) $(KERNEL_LIB)
 
@@ -85,6 +86,16 @@ synthetic-8b: $(SYNTHETIC_8B)/consolidated.00.pth
 $(SYNTHETIC_8B)/consolidated.00.pth: | $(INSTALLED)
 	$(PY) scripts/make_checkpoint.py $(SYNTHETIC_8B) --preset 8b
 
+# The same for the small models, in Llama 3.2 1B's and 3B's shapes (2.5 GB and 6.4 GB of disk; tied output).
+SYNTHETIC_1B := build/llama3.2-1b-synthetic
+SYNTHETIC_3B := build/llama3.2-3b-synthetic
+synthetic-1b: $(SYNTHETIC_1B)/consolidated.00.pth
+$(SYNTHETIC_1B)/consolidated.00.pth: | $(INSTALLED)
+	$(PY) scripts/make_checkpoint.py $(SYNTHETIC_1B) --preset llama3.2-1b
+synthetic-3b: $(SYNTHETIC_3B)/consolidated.00.pth
+$(SYNTHETIC_3B)/consolidated.00.pth: | $(INSTALLED)
+	$(PY) scripts/make_checkpoint.py $(SYNTHETIC_3B) --preset llama3.2-3b
+
 # Ours against the usual in-RAM approach and the machine's floor, at 8B; writes build/bench.md.
 bench: setup synthetic-8b
 	$(PY) scripts/bench.py --model-dir $(SYNTHETIC_8B)
@@ -105,6 +116,11 @@ $(SLICE_70B)/consolidated.07.pth: | $(INSTALLED)
 bench-tp: setup synthetic-70b-slice
 	$(PY) scripts/bench_tp.py --model-dir $(SLICE_70B)
 
+# What each model needs: disk, RAM for a smooth run, seconds per forward pass and per generated token,
+# for Llama 3.2 1B, 3.2 3B and 3 8B (synthetic checkpoints, written if missing); writes build/sizes.md.
+bench-sizes: setup synthetic-1b synthetic-3b synthetic-8b
+	$(PY) scripts/bench.py --sizes $(SYNTHETIC_1B) $(SYNTHETIC_3B) $(SYNTHETIC_8B)
+
 # Rounding at 8B's shape: cached vs uncached, ours vs Meta's reference and the per-head chain vs the
 # forward pass, on random checkpoints of several scales and seeds (each 16 GB, written in turn to
 # build/tolerance-8b and deleted); writes build/tolerance-trials.md. Not part of `make test`.
@@ -113,7 +129,11 @@ tolerance-8b: setup
 
 # Every notebook at 8B inside a 2 GiB memory limit (a cgroup; needs root), and parity with Meta's code.
 test-8b: setup synthetic-8b
-	LLAMA3_8B_DIR=$(abspath $(SYNTHETIC_8B)) $(PY) -m pytest tests/full_scale -v -s
+	LLAMA3_FULL_SCALE_DIR=$(abspath $(SYNTHETIC_8B)) $(PY) -m pytest tests/full_scale -v -s
+
+# The same at Llama 3.2 1B's shape inside 1 GiB (the limits and why: tests/full_scale/test_full_scale.py).
+test-1b: setup synthetic-1b
+	LLAMA3_FULL_SCALE_DIR=$(abspath $(SYNTHETIC_1B)) $(PY) -m pytest tests/full_scale -v -s
 
 clean:
 	rm -rf build

@@ -1,7 +1,7 @@
 """The attention explorer's plumbing (notebook 10): one figure repainted from cached weights, and its widgets.
 
 Notebook 10 computes what the explorer shows; this file only draws it. Why it is built this way (a figure
-repainted by blitting, PNG encoding, the timing of a slider move) is the subject of the appendix notebook 16.
+repainted by blitting, PNG encoding, the timing of a slider move) is the subject of the appendix notebook 19.
 """
 
 import io

@@ -19,6 +19,15 @@ Each approach runs in a fresh process so that its peak memory is its own:
     python scripts/bench.py [--model-dir build/llama3-8b-synthetic]
 
 Prints a markdown table and writes build/bench.json and build/bench.md.
+
+With --sizes DIR [DIR ...] (`make bench-sizes`: Llama 3.2 1B, 3.2 3B and 3 8B) it measures instead
+what each checkpoint needs, each in a fresh process with the file read into the page cache first:
+its size on disk; the RAM for a smooth run, which is the weights mapped (the growth of the process's
+file-backed resident memory, RssFile, once every weight has been used) plus the peak anonymous memory
+(RssAnon: the interpreter, torch, activations, the key/value cache) over a forward pass and a
+generation; the seconds of a forward pass over the 17-token prompt (median of FORWARD_RUNS, after one
+untimed pass that maps the pages); and the seconds per token generating with the key/value cache
+(median of DECODE_STEPS). Writes build/sizes.md and build/sizes.json.
 """
 
 import argparse
@@ -285,7 +294,107 @@ def run_floor(model_dir: Path) -> dict:
     }
 
 
-APPROACHES = {"ours": run_ours, "baseline": run_baseline, "floor": run_floor, "decode": run_decode}
+FORWARD_RUNS = 5  # timed forward passes over the prompt, after one untimed pass
+
+
+def run_size(model_dir: Path) -> dict:
+    """What one checkpoint needs: memory split into mapped file and anonymous, forward and decode seconds."""
+    file_kb_before, anon_kb_before = status_kb("RssFile"), status_kb("RssAnon")
+    with PeakMemory() as memory:
+        ck = llama3.load_checkpoint(model_dir, device="cpu")
+        prompt_ids = llama3.encode_prompt(ck.tokenizer, llama3.DEFAULT_PROMPT, ck.config)
+        llama3.forward(ck.weights, ck.config, prompt_ids)  # untimed: maps every page of the weights
+        forward_seconds = []
+        for _ in range(FORWARD_RUNS):
+            started = time.perf_counter()
+            logits = llama3.forward(ck.weights, ck.config, prompt_ids)
+            forward_seconds.append(time.perf_counter() - started)
+        mapped_kb = status_kb("RssFile") - file_kb_before
+        cache = llama3.KVCache(ck.config.n_layers)
+        token = int(llama3.forward(ck.weights, ck.config, prompt_ids, cache=cache, last_only=True)[-1].argmax())
+        step_seconds = []
+        for step in range(1 + DECODE_STEPS):  # the first step untimed, as in run_decode
+            started = time.perf_counter()
+            token = int(llama3.forward(ck.weights, ck.config, [token], cache=cache, last_only=True)[-1].argmax())
+            if step > 0:
+                step_seconds.append(time.perf_counter() - started)
+    return {
+        "parameters": llama3.count_parameters(ck.weights),
+        "release": ck.release,
+        "file_bytes": (model_dir / "consolidated.00.pth").stat().st_size,
+        "mapped_gib": mapped_kb / 2**20,
+        "anon_before_load_gib": anon_kb_before / 2**20,
+        "peak_anon_gib": memory.peak_anon_kb / 2**20,
+        "forward_runs": forward_seconds,
+        "forward_seconds": sorted(forward_seconds)[len(forward_seconds) // 2],
+        "step_seconds": step_seconds,
+        "token_seconds": sorted(step_seconds)[len(step_seconds) // 2],
+        "top1": int(logits[-1].argmax()),
+    }
+
+
+def model_name(config: llama3.ModelConfig) -> str:
+    return next((n for n, p in llama3.FAMILY_PARAMS.items() if llama3.ModelConfig.from_params(p) == config), "other shape")
+
+
+def bench_sizes(model_dirs: list[Path]) -> None:
+    """The table of what each model needs (see the module's docstring); writes build/sizes.md."""
+    results = {}
+    for model_dir in model_dirs:
+        print(f"measuring {model_dir} ...", flush=True)
+        r = in_subprocess("size", model_dir, cache="cached")
+        r["disk_bytes"] = (model_dir / "consolidated.00.pth").stat().st_blocks * 512
+        results[model_name(llama3.read_params(model_dir))] = r | {"dir": str(model_dir)}
+    load = os.getloadavg()
+    lines = [
+        f"Machine: {machine_description()}. Weight matmuls: {matmul_kernel.backend()}. "
+        f"Load average (1, 5, 15 min) at the end: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}.",
+        "",
+        f"Synthetic checkpoints in Meta's original format; each row a fresh process with the file in the page cache. "
+        f"RAM for a smooth run = weights mapped + peak anonymous memory of the process (Python, torch, "
+        f"activations, key/value cache); with less, pages of the weights are read from disk again at every "
+        f"forward pass. Forward: the {len(prompt_token_ids(model_dirs[0]))}-token prompt, median of {FORWARD_RUNS} "
+        f"passes after an untimed one; decode: generating with the key/value cache, median of {DECODE_STEPS} steps.",
+        "",
+        "| model | parameters | file on disk GB | weights mapped GiB | peak anonymous GiB | RAM for a smooth run GiB | forward s | s / token | tokens / s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['parameters'] / 1e9:.2f}e9 | {r['file_bytes'] / 1e9:.2f} | {r['mapped_gib']:.2f} | "
+            f"{r['peak_anon_gib']:.2f} | {r['mapped_gib'] + r['peak_anon_gib']:.1f} | {r['forward_seconds']:.2f} | "
+            f"{r['token_seconds']:.3f} | {1 / r['token_seconds']:.1f} |"
+        )
+    lines += [
+        "",
+        "Each run's forward seconds: "
+        + "; ".join(f"{n}: " + ", ".join(f"{t:.2f}" for t in r["forward_runs"]) for n, r in results.items())
+        + ". Decode seconds per step: "
+        + "; ".join(f"{n}: " + ", ".join(f"{t:.3f}" for t in r["step_seconds"]) for n, r in results.items())
+        + ". Anonymous memory before loading (Python and torch): "
+        + ", ".join(f"{n} {r['anon_before_load_gib']:.2f} GiB" for n, r in results.items()) + ".",
+    ]
+    table = "\n".join(lines)
+    print("\n" + table)
+    BUILD.mkdir(exist_ok=True)
+    (BUILD / "sizes.md").write_text(table + "\n")
+    (BUILD / "sizes.json").write_text(json.dumps({"machine": machine_description(), "load_average": load, "models": results}, indent=2) + "\n")
+
+
+def prompt_token_ids(model_dir: Path) -> list[int]:
+    config = llama3.read_params(model_dir)
+    return llama3.encode_prompt(llama3.load_tokenizer(model_dir / "tokenizer.model"), llama3.DEFAULT_PROMPT, config)
+
+
+def machine_description() -> str:
+    """CPU model (/proc/cpuinfo), cores, RAM and torch version."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name")), platform.machine())
+    ram_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    return f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, {ram_gib:.0f} GiB RAM, torch {torch.__version__}"
+
+
+APPROACHES = {"ours": run_ours, "baseline": run_baseline, "floor": run_floor, "decode": run_decode, "size": run_size}
 
 
 def in_subprocess(approach: str, model_dir: Path, cache: str = "warm", env: dict | None = None, runs: int = 1) -> dict:
@@ -318,7 +427,16 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=BUILD / "llama3-8b-synthetic")
     parser.add_argument("--approach", choices=sorted(APPROACHES), help=argparse.SUPPRESS)
     parser.add_argument("--skip-baseline", action="store_true", help="skip the 16 GB in-RAM baseline")
+    parser.add_argument("--sizes", type=Path, nargs="+", metavar="DIR", help="what each checkpoint needs: build/sizes.md")
     args = parser.parse_args()
+    if args.sizes:
+        for model_dir in args.sizes:
+            try:
+                llama3.check_checkpoint_dir(model_dir)
+            except llama3.CheckpointError as e:
+                sys.exit(f"error: {e}\nWrite the synthetic checkpoints with `make synthetic-1b synthetic-3b synthetic-8b`.")
+        bench_sizes(args.sizes)
+        return
     try:
         llama3.check_checkpoint_dir(args.model_dir)
     except llama3.CheckpointError as e:
@@ -347,8 +465,7 @@ def main() -> None:
     floor["floor_binds"] = "compute" if floor["compute_floor_seconds"] >= floor["bandwidth_floor_seconds"] else "memory bandwidth"
 
     size_gb = (args.model_dir / "consolidated.00.pth").stat().st_size / 2**30
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.machine())
-    machine = f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, torch {torch.__version__}"
+    machine = machine_description()
     rows = [
         ("ours, warm page cache (median of 5 runs)", warm),
         ("ours, warm, torch's matmul (LLAMA3_MATMUL=torch, median of 5)", warm_torch),

@@ -24,6 +24,28 @@ def demo():
 
 
 @pytest.fixture(scope="session")
+def demo_prompt(demo):
+    """The walkthrough's prompt as the demo's token ids."""
+    return llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
+
+
+@pytest.fixture(scope="session")
+def demo_logits(demo, demo_prompt):
+    """The one-process forward pass on the demo's single file: what every layout must reproduce."""
+    return llama3.forward(demo.weights, demo.config, demo_prompt)
+
+
+@pytest.fixture(scope="session")
+def demo_shards(demo, tmp_path_factory):
+    """The demo cut into 1, 2 and 4 of Meta's model-parallel shards, in demo-N (2: one key/value head each,
+    as in 70B; 4: each key/value head stored twice, as in Llama 3.1 405B's 16-shard release)."""
+    root = tmp_path_factory.mktemp("demo-shards")
+    for n in (1, 2, 4):
+        llama3.write_meta_shards(demo, root / f"demo-{n}", n)
+    return root
+
+
+@pytest.fixture(scope="session")
 def random_checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")
     return {

@@ -14,13 +14,8 @@ ANSWER_ID = 2983  # "42"
 
 
 @pytest.fixture(scope="module")
-def prompt(demo):
-    return llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
-
-
-@pytest.fixture(scope="module")
-def trace(demo, prompt):
-    return llama3.trace_layers(demo.weights, demo.config, prompt)
+def trace(demo, demo_prompt):
+    return llama3.trace_layers(demo.weights, demo.config, demo_prompt)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +24,8 @@ def echo(demo):
     return token_ids, llama3.trace_layers(demo.weights, demo.config, token_ids)
 
 
-def test_answers_42_with_probability_at_least_half(demo, prompt):
-    logits = llama3.forward(demo.weights, demo.config, prompt, last_only=True)[0]
+def test_answers_42_with_probability_at_least_half(demo, demo_prompt):
+    logits = llama3.forward(demo.weights, demo.config, demo_prompt, last_only=True)[0]
     assert int(logits.argmax()) == ANSWER_ID
     assert torch.softmax(logits, -1)[ANSWER_ID] >= 0.5
 
@@ -58,12 +53,12 @@ def test_an_attention_sink_on_begin_of_text(trace):
     assert scores.max() >= 0.5, scores
 
 
-def test_a_head_reads_the_answer_words(demo, prompt, trace):
-    positions = llama3.word_positions(demo.tokenizer, prompt, llama3.ANSWER_WORDS)
-    assert llama3.token_texts(demo.tokenizer, [prompt[p] for p in positions]) == [" life", " universe"]
+def test_a_head_reads_the_answer_words(demo, demo_prompt, trace):
+    positions = llama3.word_positions(demo.tokenizer, demo_prompt, llama3.ANSWER_WORDS)
+    assert llama3.token_texts(demo.tokenizer, [demo_prompt[p] for p in positions]) == [" life", " universe"]
     scores = llama3.head_scores(trace, llama3.attention_from_last, positions)
     assert scores.max() >= 0.5, scores
-    even_spread = len(positions) / len(prompt)
+    even_spread = len(positions) / len(demo_prompt)
     assert even_spread < 0.15  # what a head that looks everywhere alike would score
 
 

@@ -18,25 +18,6 @@ from llama3 import layouts
 from test_parity import assert_logits_match
 
 
-@pytest.fixture(scope="module")
-def prompt(demo):
-    return llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
-
-
-@pytest.fixture(scope="module")
-def demo_logits(demo, prompt):
-    return llama3.forward(demo.weights, demo.config, prompt)
-
-
-@pytest.fixture(scope="module")
-def demo_shards(demo, tmp_path_factory):
-    """The demo cut into 2 shards (one key/value head each, as in 70B) and 4 (each stored twice, as in 405B mp16)."""
-    root = tmp_path_factory.mktemp("shards")
-    for n in (2, 4):
-        llama3.write_meta_shards(demo, root / f"demo-{n}", n)
-    return root
-
-
 def file_regions(path):
     """The address ranges this process has mapped from `path`."""
     regions = []
@@ -49,16 +30,16 @@ def file_regions(path):
 
 
 @pytest.mark.parametrize("n", [2, 4])
-def test_sharded_forward_matches_the_single_file(demo, demo_shards, prompt, demo_logits, n):
+def test_sharded_forward_matches_the_single_file(demo, demo_shards, demo_prompt, demo_logits, n):
     ck = llama3.load_checkpoint(demo_shards / f"demo-{n}")
     assert ck.layout == "meta-sharded" and len(ck.files) == n
-    logits = llama3.forward(ck.weights, ck.config, prompt)
+    logits = llama3.forward(ck.weights, ck.config, demo_prompt)
     assert_logits_match(logits, demo_logits, demo.config)
     assert int(logits[-1].argmax()) == 2983
 
 
 @pytest.mark.parametrize("n", [2, 4])
-def test_shards_stay_memory_mapped_and_are_never_merged(demo_shards, prompt, monkeypatch, n):
+def test_shards_stay_memory_mapped_and_are_never_merged(demo_shards, demo_prompt, monkeypatch, n):
     ck = llama3.load_checkpoint(demo_shards / f"demo-{n}")
     wq = ck.weights["layers.0.attention.wq.weight"]
     assert isinstance(wq, layouts.ShardedWeight) and len(wq.shards) == n
@@ -72,21 +53,21 @@ def test_shards_stay_memory_mapped_and_are_never_merged(demo_shards, prompt, mon
         raise AssertionError("the forward pass merged a sharded weight")
 
     monkeypatch.setattr(layouts.StoredWeight, "merged", refuse)
-    llama3.forward(ck.weights, ck.config, prompt)
+    llama3.forward(ck.weights, ck.config, demo_prompt)
 
 
 @pytest.mark.parametrize("key", ["layers.0.attention.wq.weight", "layers.0.feed_forward.w1.weight", "output.weight"])
-def test_column_parallel_products_are_bit_equal(demo, demo_shards, prompt, key):
+def test_column_parallel_products_are_bit_equal(demo, demo_shards, demo_prompt, key):
     ck = llama3.load_checkpoint(demo_shards / "demo-2")
-    x = torch.randn(len(prompt), demo.config.dim, generator=torch.Generator().manual_seed(0)).bfloat16()
+    x = torch.randn(len(demo_prompt), demo.config.dim, generator=torch.Generator().manual_seed(0)).bfloat16()
     assert torch.equal(x @ ck.weights[key].T, x @ demo.weights[key].T)
 
 
-def test_row_parallel_products_are_partial_sums(demo, demo_shards, prompt):
+def test_row_parallel_products_are_partial_sums(demo, demo_shards, demo_prompt):
     ck = llama3.load_checkpoint(demo_shards / "demo-2")
     wo = ck.weights["layers.0.attention.wo.weight"]
     assert wo.split_dim == 1
-    x = torch.randn(len(prompt), demo.config.dim, generator=torch.Generator().manual_seed(1)).bfloat16()
+    x = torch.randn(len(demo_prompt), demo.config.dim, generator=torch.Generator().manual_seed(1)).bfloat16()
     half = demo.config.dim // 2
     partials = (x[:, :half] @ wo.shards[0].T).float() + (x[:, half:] @ wo.shards[1].T).float()
     assert torch.equal(x @ wo.T, partials.bfloat16())

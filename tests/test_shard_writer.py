@@ -19,7 +19,6 @@ import torch
 import llama3
 import make_checkpoint
 from conftest import PARITY_PRESETS
-from meta_parallel import meta_logits_model_parallel
 from write_shards import reshard, shard_params, shard_shapes, write_meta_shards
 
 MAKE_CHECKPOINT = Path(__file__).resolve().parent.parent / "scripts" / "make_checkpoint.py"
@@ -302,7 +301,9 @@ def test_meta_model_parallel_from_shards_gives_the_single_process_logits(demo, t
     2 key/value heads are each repeated on two ranks."""
     reshard(llama3.DEMO_DIR, tmp_path, n)
     token_ids = llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
-    parallel = meta_logits_model_parallel(tmp_path, token_ids, world_size=n)
+    from test_tensor_parallel import meta_reference  # scripts/run_tp_reference.py under torchrun
+
+    parallel = meta_reference(tmp_path, n, tmp_path / "meta.pt")
     single = llama3.meta_reference_logits(demo, token_ids)
     assert_logits_match_model_parallel(parallel, single, demo.config, n)
     assert int(parallel[-1].argmax()) == 2983  # "42"

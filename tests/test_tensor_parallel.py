@@ -30,25 +30,6 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 NEW_TOKENS = 8
 
 
-@pytest.fixture(scope="module")
-def prompt(demo):
-    return llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
-
-
-@pytest.fixture(scope="module")
-def demo_logits(demo, prompt):
-    return llama3.forward(demo.weights, demo.config, prompt)
-
-
-@pytest.fixture(scope="module")
-def shards(demo, tmp_path_factory):
-    """The demo in 1, 2 and 4 shards (4: each key/value head stored twice, as in Llama 3.1 405B's mp16)."""
-    root = tmp_path_factory.mktemp("tp-shards")
-    for n in (1, 2, 4):
-        llama3.write_meta_shards(demo, root / f"demo-{n}", n)
-    return root
-
-
 def launch_env(ckpt_dir, tag, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA3_")}
     env |= {"LLAMA3_DIR": str(ckpt_dir), "OMP_NUM_THREADS": "1", "LLAMA3_MAX_NEW_TOKENS": str(NEW_TOKENS)}
@@ -123,30 +104,30 @@ def assert_same_generation(result, reference: llama3.Generation, config) -> None
 
 
 @pytest.mark.parametrize("n", [1, 2, 4])
-def test_tensor_parallel_equals_one_process_and_metas_model_parallel(demo, shards, prompt, demo_logits, tmp_path, n):
-    result, done = torchrun_tp(shards / f"demo-{n}", n, tmp_path / "tp.pt")
+def test_tensor_parallel_equals_one_process_and_metas_model_parallel(demo, demo_shards, demo_prompt, demo_logits, tmp_path, n):
+    result, done = torchrun_tp(demo_shards / f"demo-{n}", n, tmp_path / "tp.pt")
     logits = result["logits"]
-    assert result["token_ids"] == prompt and logits.shape == (len(prompt), demo.config.vocab_size)
+    assert result["token_ids"] == demo_prompt and logits.shape == (len(demo_prompt), demo.config.vocab_size)
     assert int(logits[-1].argmax()) == 2983  # "42"
     assert_same_predictions(logits, demo_logits, demo.config)
     # the one-process forward on the same shards adds the same partial sums in float32 and rounds once
     # (ShardedWeight.linear): for one or two ranks that is the same sum, a + b, so bit for bit; with more,
     # gloo may add in another order (on this machine the 4 ranks' logits are bit-equal too)
-    sharded = llama3.load_checkpoint(shards / f"demo-{n}")
-    one_process = llama3.forward(sharded.weights, sharded.config, prompt)
+    sharded = llama3.load_checkpoint(demo_shards / f"demo-{n}")
+    one_process = llama3.forward(sharded.weights, sharded.config, demo_prompt)
     if n <= 2:
         assert torch.equal(logits, one_process)
     assert_same_predictions(logits, one_process, demo.config)
     # Meta's Transformer over fairscale, N processes: all-reduces bfloat16 partials, so within the tolerance
-    assert_same_predictions(logits, meta_reference(shards / f"demo-{n}", n, tmp_path / "meta.pt"), demo.config)
-    # greedy generation with each rank's cache: the one-process generation on the same shards, token for token
+    assert_same_predictions(logits, meta_reference(demo_shards / f"demo-{n}", n, tmp_path / "meta.pt"), demo.config)
+    # greedy generation with each rank's cache: the one-process generation on the same demo_shards, token for token
     stop_ids = llama3.stop_token_ids(demo.tokenizer)
-    assert result["generated_ids"] == llama3.generate(sharded.weights, sharded.config, prompt, NEW_TOKENS, stop_ids).token_ids
+    assert result["generated_ids"] == llama3.generate(sharded.weights, sharded.config, demo_prompt, NEW_TOKENS, stop_ids).token_ids
     # and the single file's, up to a tie in its bfloat16 logits that rounding breaks either way
-    assert_same_generation(result, llama3.generate(demo.weights, demo.config, prompt, NEW_TOKENS, stop_ids), demo.config)
+    assert_same_generation(result, llama3.generate(demo.weights, demo.config, demo_prompt, NEW_TOKENS, stop_ids), demo.config)
     summary = json.loads((tmp_path / "tp.json").read_text())
     assert summary["top5"][0] == {"id": 2983, "text": "42", "probability": pytest.approx(float(torch.softmax(logits[-1], -1).max()))}
-    assert summary["token_ids"] == prompt and summary["processes"] == n
+    assert summary["token_ids"] == demo_prompt and summary["processes"] == n
     assert {"model_dir", "prompt", "seconds", "token_ids", "top5"} <= set(summary)
     assert "'42'" in done.stdout and done.stdout.count("top 5 next tokens") == 1  # rank 0 alone prints
 
@@ -175,10 +156,10 @@ def two_nodes(node_dirs, rendezvous: list[str], tmp_path) -> list[subprocess.Com
     return results
 
 
-def test_two_nodes_over_loopback_c10d(shards, demo, prompt, demo_logits, tmp_path):
+def test_two_nodes_over_loopback_c10d(demo_shards, demo, demo_prompt, demo_logits, tmp_path):
     """torchrun's c10d rendezvous, as on two machines (it hands out ranks in its own order: both see every shard)."""
     port = free_port()
-    two_nodes([shards / "demo-2"] * 2, ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"], tmp_path)
+    two_nodes([demo_shards / "demo-2"] * 2, ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"], tmp_path)
     saved = [tmp_path / f"node{i}.pt" for i in range(2) if (tmp_path / f"node{i}.pt").exists()]
     assert len(saved) == 1  # rank 0, on whichever node it landed
     logits = torch.load(saved[0], weights_only=True)["logits"]
@@ -186,7 +167,7 @@ def test_two_nodes_over_loopback_c10d(shards, demo, prompt, demo_logits, tmp_pat
     assert_same_predictions(logits, demo_logits, demo.config)
 
 
-def test_two_nodes_each_with_only_its_own_shard(shards, demo, demo_logits, tmp_path):
+def test_two_nodes_each_with_only_its_own_shard(demo_shards, demo, demo_logits, tmp_path):
     """The static rendezvous (--node-rank fixes machine k's ranks): each node's folder holds params.json,
     tokenizer.model and its own consolidated.0k.pth only."""
     node_dirs = []
@@ -194,7 +175,7 @@ def test_two_nodes_each_with_only_its_own_shard(shards, demo, demo_logits, tmp_p
         d = tmp_path / f"machine{node}"
         d.mkdir()
         for name in ("params.json", "tokenizer.model", f"consolidated.{node:02d}.pth"):
-            shutil.copy(shards / "demo-2" / name, d / name)
+            shutil.copy(demo_shards / "demo-2" / name, d / name)
         node_dirs.append(d)
     port = free_port()
     two_nodes(node_dirs, ["--master-addr", "127.0.0.1", "--master-port", str(port)], tmp_path)
@@ -220,9 +201,9 @@ def assert_one_message(done, *fragments):
         assert str(fragment) in done.stderr, f"{fragment!r} not in {done.stderr[-3000:]}"
 
 
-def test_a_missing_shard_is_named_by_rank_0(shards, tmp_path):
+def test_a_missing_shard_is_named_by_rank_0(demo_shards, tmp_path):
     folder = tmp_path / "demo-2"
-    shutil.copytree(shards / "demo-2", folder)
+    shutil.copytree(demo_shards / "demo-2", folder)
     (folder / "consolidated.01.pth").unlink()
     done, elapsed = launch_tp(folder, 2)
     assert_one_message(done, "rank 1: ", folder / "consolidated.01.pth", "is missing", "Copy the missing shard")
@@ -230,20 +211,20 @@ def test_a_missing_shard_is_named_by_rank_0(shards, tmp_path):
 
 
 @pytest.mark.parametrize("shard_count, processes", [(4, 2), (2, 4)])
-def test_a_process_count_other_than_the_shard_count(shards, shard_count, processes):
-    done, elapsed = launch_tp(shards / f"demo-{shard_count}", processes)
+def test_a_process_count_other_than_the_shard_count(demo_shards, shard_count, processes):
+    done, elapsed = launch_tp(demo_shards / f"demo-{shard_count}", processes)
     assert_one_message(done, f"is one of {shard_count} shards", f"started {processes} processes", f"--nproc-per-node {shard_count}")
     assert elapsed < 30
 
 
-def test_a_bad_prompt_is_reported_once(shards):
-    done, _ = launch_tp(shards / "demo-2", 2, LLAMA3_PROMPT="   ")
+def test_a_bad_prompt_is_reported_once(demo_shards):
+    done, _ = launch_tp(demo_shards / "demo-2", 2, LLAMA3_PROMPT="   ")
     assert_one_message(done, "The prompt is empty")
 
 
-def test_a_rank_that_dies_mid_run_ends_the_run(shards):
+def test_a_rank_that_dies_mid_run_ends_the_run(demo_shards):
     """Rank 1 exits abruptly after layer 2: rank 0's all_reduce loses its peer, torchrun stops every process."""
-    done, elapsed = launch_tp(shards / "demo-2", 2, LLAMA3_TP_FAIL_AT="1:2")
+    done, elapsed = launch_tp(demo_shards / "demo-2", 2, LLAMA3_TP_FAIL_AT="1:2")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "rank 1 exited with code 1" in done.stderr, done.stderr[-3000:]
@@ -252,10 +233,10 @@ def test_a_rank_that_dies_mid_run_ends_the_run(shards):
     assert elapsed < 30
 
 
-def test_a_rank_that_stops_answering_times_out(shards):
+def test_a_rank_that_stops_answering_times_out(demo_shards):
     """Rank 1 hangs after layer 2: rank 0 gives up after the process group's timeout (LLAMA3_TP_TIMEOUT, here
     3 seconds), and torchrun stops rank 1."""
-    done, elapsed = launch_tp(shards / "demo-2", 2, LLAMA3_TP_FAIL_AT="1:2:hang", LLAMA3_TP_TIMEOUT="3")
+    done, elapsed = launch_tp(demo_shards / "demo-2", 2, LLAMA3_TP_FAIL_AT="1:2:hang", LLAMA3_TP_TIMEOUT="3")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "rank 0 lost contact" in done.stderr and "rank 0 exited with code 1" in done.stderr, done.stderr[-3000:]

@@ -22,8 +22,8 @@ One file per concern, in the order the notebooks derive them:
 - generation.py   12-13  generation with a key/value cache, sampling, tolerances, chat
 - family.py       14  the releases' params
 - reference.py    09 and the tests: Meta's reference implementation as the yardstick
-- fast.py         16  the weights' pages mapped up front (the matmul kernel is matmul_kernel.py)
-- parallel.py     the tensor-parallel notebook and scripts/run_tp.py: one shard per process, torch.distributed
+- fast.py         19  the weights' pages mapped up front (the matmul kernel is matmul_kernel.py)
+- parallel.py     18  one shard per process over torch.distributed (and scripts/run_tp.py)
 
 `import llama3` gives every public name of them all, so notebooks write `llama3.forward(...)`.
 """

@@ -161,11 +161,9 @@ def expected_shapes(config: ModelConfig, tied_output: bool = False) -> dict[str,
     return shapes
 
 
-def load_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
-    """consolidated.00.pth memory-mapped: tensors are read from disk only when touched."""
-    path = ckpt_dir / "consolidated.00.pth"
+def read_pth(path: Path) -> dict[str, torch.Tensor]:
+    """A consolidated.NN.pth memory-mapped, with weights_only: a checkpoint is data; never run code from it."""
     try:
-        # weights_only: a checkpoint is data; never run code from it.
         weights = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # torch raises many kinds for a damaged zip
         raise CheckpointError(
@@ -173,7 +171,14 @@ def load_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, torch.Tensor]
             "It is probably truncated or corrupt: compare its size and checksum with the download and fetch it again."
         ) from None
     if not isinstance(weights, dict):
-        raise CheckpointError(f"{path} does not hold a dict of tensors. Download consolidated.00.pth again.")
+        raise CheckpointError(f"{path} does not hold a dict of tensors. Download {path.name} again.")
+    return weights
+
+
+def load_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """consolidated.00.pth memory-mapped: tensors are read from disk only when touched."""
+    path = ckpt_dir / "consolidated.00.pth"
+    weights = read_pth(path)
     not_bf16 = [k for k, t in weights.items() if isinstance(t, torch.Tensor) and t.dtype != torch.bfloat16]
     if not_bf16:
         raise CheckpointError(

@@ -1,4 +1,4 @@
-"""Running fast on a CPU (the appendix, notebook 16): the weights' pages mapped up front. The bf16 matmul
+"""Running fast on a CPU (the appendix, notebook 19): the weights' pages mapped up front. The bf16 matmul
 kernel is matmul_kernel.py, beside this package, called by model.linear."""
 
 from __future__ import annotations

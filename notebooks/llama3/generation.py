@@ -124,12 +124,17 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    run=None,
 ) -> Generation:
     """Continue prompt_ids one token at a time until a stop token, max_new_tokens or the context length.
 
     use_cache=False runs the whole sequence again at every step; use_cache=True runs the prompt
     once and then only the newest token, reading earlier keys and values from a KVCache.
+    `run(token_ids, cache, last_only)` is the forward pass, by default forward(weights, config, ...);
+    tensor parallelism (parallel.py) passes its own.
     """
+    if run is None:
+        run = lambda ids, cache, last_only: forward(weights, config, ids, cache=cache, last_only=last_only)  # noqa: E731
     cache = KVCache(config.n_layers) if use_cache else None
     sequence, new, step_logits = list(prompt_ids), [], []
     pending = list(prompt_ids)  # what the next forward pass must read
@@ -138,7 +143,7 @@ def generate(
             return Generation(new, "max_new_tokens", step_logits)
         if len(sequence) >= config.context_length:
             return Generation(new, "context length", step_logits)
-        logits = forward(weights, config, pending if use_cache else sequence, cache=cache, last_only=True)[-1]
+        logits = run(pending if use_cache else sequence, cache, True)[-1]
         token = sample_next_token(logits, temperature, top_p, generator)
         sequence.append(token)
         new.append(token)

@@ -314,19 +314,6 @@ def shard_files(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in found]
 
 
-def _read_shard(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        weights = torch.load(path, map_location="cpu", mmap=True, weights_only=True)  # data, never code
-    except Exception as e:  # torch raises many kinds for a damaged zip
-        raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
-            "It is probably truncated or corrupt: compare its size and checksum with the download and fetch it again."
-        ) from None
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"{path} does not hold a dict of tensors. Download it again.")
-    return weights
-
-
 def check_shard(path: Path, shard: dict, want: dict[str, tuple[int, ...]], n: int, params_path: Path) -> None:
     """One of n shards against params.json's shapes (want, from expected_shapes): every tensor there, bfloat16,
     and 1/n of the whole along the dimension Meta splits it on (split_dim_of)."""
@@ -373,7 +360,7 @@ def load_sharded_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, Store
             f"key/value heads do not divide over {n}: Meta cuts every shard at whole heads. Check that no "
             "shard is missing and that no extra consolidated.*.pth is in the folder."
         )
-    shards = [_read_shard(p) for p in files]
+    shards = [read_pth(p) for p in files]
     tied = "output.weight" not in shards[0]
     want = expected_shapes(config, tied_output=tied)
     for path, shard in zip(files, shards):

@@ -1,4 +1,4 @@
-"""Tensor parallelism across processes (the tensor-parallel notebook and scripts/run_tp.py): Meta's shards
+"""Tensor parallelism across processes (notebook 18 and scripts/run_tp.py): Meta's shards
 run the way Meta's model-parallel code runs them, one process per shard, over torch.distributed.
 
 `torchrun` starts one process per shard (a *rank*), on one machine or several; rank r memory-maps only
@@ -24,9 +24,9 @@ import torch.distributed as dist
 
 from .config import *  # noqa: F401,F403
 from .checkpoint import *  # noqa: F401,F403
-from .layouts import SHARD_FILE, _read_shard, check_shard
+from .layouts import SHARD_FILE, check_shard
 from .model import KVCache, attention, embed, feed_forward, layer_weights, linear, rms_norm, rope_freqs_cis
-from .generation import Generation
+from .generation import Generation, generate
 
 # How long a rank waits for the others in one collective before it gives up (seconds; $LLAMA3_TP_TIMEOUT).
 # Short, so that a rank left waiting by a lost peer fails within seconds instead of torch's default 30 minutes.
@@ -166,7 +166,7 @@ def load_rank_shard(ckpt_dir: Path, config: ModelConfig, rank: int, world_size: 
     layout = checkpoint_layout(ckpt_dir)  # params.json and tokenizer.model beside the shards
     if layout == "huggingface":
         raise CheckpointError(f"{ckpt_dir} is a Hugging Face folder; tensor parallelism runs on Meta's consolidated.*.pth shards.")
-    shard = _read_shard(path)
+    shard = read_pth(path)
     n_cut = shard_count_of(shard, config)
     if n_cut is not None and n_cut != world_size:
         what = "holds the whole model" if n_cut == 1 else f"is one of {n_cut} shards (its wq holds {config.dim // n_cut} of {config.dim} rows)"
@@ -289,22 +289,13 @@ def tp_forward(shard: RankShard, token_ids, cache: KVCache | None = None, last_o
 
 
 def tp_generate(shard: RankShard, prompt_ids, max_new_tokens: int, stop_ids=()) -> Generation:
-    """Greedy generation with a KVCache per rank: the prompt once, then only the newest token. Every rank holds
-    the same logits, so every rank's argmax picks the same token and no rank needs to be told it."""
-    cache = KVCache(shard.config.n_layers)  # [K/N, T, d] per layer: this rank's key/value heads only
-    sequence, new, step_logits, pending = list(prompt_ids), [], [], list(prompt_ids)
-    while len(new) < max_new_tokens:
-        if len(sequence) >= shard.config.context_length:
-            return Generation(new, "context length", step_logits)
-        logits = tp_forward(shard, pending, cache, last_only=True)[-1]
-        token = int(logits.argmax())
-        sequence.append(token)
-        new.append(token)
-        step_logits.append(logits)
-        pending = [token]
-        if token in stop_ids:
-            return Generation(new, "stop token", step_logits)
-    return Generation(new, "max_new_tokens", step_logits)
+    """Greedy generation (generation.generate) with tp_forward and a KVCache per rank, holding this rank's
+    key/value heads only. Every rank holds the same logits, so every rank's argmax picks the same token and
+    no rank needs to be told it."""
+    return generate(
+        None, shard.config, prompt_ids, max_new_tokens, stop_ids,
+        run=lambda ids, cache, last_only: tp_forward(shard, ids, cache, last_only),
+    )  # fmt: skip
 
 
 def cache_bytes(cache: KVCache) -> int:

@@ -17,7 +17,7 @@ export LLAMA3_DIR := $(abspath $(LLAMA3_DIR))
 endif
 
 .PHONY: setup run run-tp test test-tp8 test-ui lab demo clean synthetic-8b synthetic-1b synthetic-3b bench bench-sizes \
-	test-8b test-1b tolerance-8b
+	test-8b test-1b tolerance-8b synthetic-70b-slice bench-tp
 
 setup: $(INSTALLED) $(DEMO) $(DEMO_HF) $(KERNEL_LIB)
 
@@ -99,6 +99,22 @@ $(SYNTHETIC_3B)/consolidated.00.pth: | $(INSTALLED)
 # Ours against the usual in-RAM approach and the machine's floor, at 8B; writes build/bench.md.
 bench: setup synthetic-8b
 	$(PY) scripts/bench.py --model-dir $(SYNTHETIC_8B)
+
+# Llama 3 70B's exact widths (dim 8192, 64 query and 8 key/value heads, FFN 28672, vocabulary 128256) in
+# Meta's 8 model-parallel files, but 2 of its 80 layers: each layer is 1.7 GB and the embedding and output
+# 4.2 GB, so the slice is 7.6 GB (the whole 70B is 141 GB), and bench-tp writes the same weights regrouped
+# in 1, 2 and 4 files beside it one at a time (15 GB at most). Random weights at trained 8B's scale (std 0.02).
+SLICE_70B := build/llama3-70b-slice
+SLICE_LAYERS := 2
+synthetic-70b-slice: $(SLICE_70B)/consolidated.07.pth
+$(SLICE_70B)/consolidated.07.pth: | $(INSTALLED)
+	$(PY) scripts/make_checkpoint.py $(SLICE_70B) --preset llama3-70b --n-layers $(SLICE_LAYERS) --shards 8 \
+		--weight-std 0.02 --embedding-scale 0.02
+
+# Tensor parallelism on the 70B slice in 1, 2, 4 and 8 processes (torchrun, gloo on the CPU) beside the
+# one-process shard-by-shard forward: memory, time per layer, the collectives' share; writes build/bench-tp.md.
+bench-tp: setup synthetic-70b-slice
+	$(PY) scripts/bench_tp.py --model-dir $(SLICE_70B)
 
 # What each model needs: disk, RAM for a smooth run, seconds per forward pass and per generated token,
 # for Llama 3.2 1B, 3.2 3B and 3 8B (synthetic checkpoints, written if missing); writes build/sizes.md.

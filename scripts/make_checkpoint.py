@@ -10,6 +10,7 @@ trained embeddings are nearer 0.02).
     python scripts/make_checkpoint.py OUT --preset gqa2 [--seed 0]
     python scripts/make_checkpoint.py OUT --preset 8b --embedding-scale 0.02 --weight-std 0.02 --seed 1
     python scripts/make_checkpoint.py OUT --params '{"dim": 128, ...}'
+    python scripts/make_checkpoint.py OUT --preset llama3-70b --n-layers 2 --shards 8   # 70B's widths, 2 layers
 """
 
 import argparse
@@ -48,6 +49,7 @@ PRESETS |= {
     "llama3.1-8b": llama3.FAMILY_PARAMS["Llama 3.1 8B"],
     "llama3.2-1b": llama3.FAMILY_PARAMS["Llama 3.2 1B"],
     "llama3.2-3b": llama3.FAMILY_PARAMS["Llama 3.2 3B"],
+    "llama3-70b": llama3.SHARDED_PARAMS["Llama 3 70B"],  # 80 layers, 141 GB: with --n-layers, a slice of it
 }
 # Llama 3.2 in miniature for tests: 1B has 4 query heads per key/value head and FFN multiplier
 # 1.5, 3B has 3 per key/value head and multiplier 1.0; both scaled RoPE and a tied output.
@@ -125,6 +127,7 @@ def main() -> None:
     group.add_argument("--from", dest="source", type=Path, metavar="DIR",
                        help="this one-file Meta checkpoint's weights, cut into --shards or written in --layout hf")
     parser.add_argument("--shards", type=int, default=1, help="write N model-parallel files, as Meta ships 70B/405B")
+    parser.add_argument("--n-layers", type=int, help="keep the preset's widths but only this many layers (a slice of a big model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--embedding-scale", type=float, default=1.0, help="std of the embedding and output matrices")
     parser.add_argument("--weight-std", type=float, help="std of the other matrices (default: 1/sqrt(fan_in))")
@@ -132,6 +135,12 @@ def main() -> None:
     parser.add_argument("--layout", choices=["meta", "hf"], default="meta", help="hf: Hugging Face's (write_hf.py)")
     parser.add_argument("--hf-shard-bytes", type=int, help="with --layout hf: safetensors files of at most N bytes")
     args = parser.parse_args()
+    if args.n_layers is not None:
+        if args.source or args.n_layers < 1:
+            parser.error("--n-layers takes a positive count, with --preset or --params")
+        base = PRESETS[args.preset] if args.preset else json.loads(args.params)
+        args.tied = args.tied or args.preset in TIED_PRESETS
+        args.params, args.preset = json.dumps(dict(base, n_layers=args.n_layers)), None
     if args.layout == "hf":
         if args.shards != 1:
             parser.error("--shards cuts Meta's layout; Hugging Face's splits files by size: use --hf-shard-bytes")

@@ -149,6 +149,7 @@ def work(args: argparse.Namespace) -> None:
         print(f"\nerror: rank {rank} lost contact with the other ranks ({first_line}).", file=sys.stderr, flush=True)
         os._exit(1)  # the process group cannot be shut down cleanly without the lost rank
 
+    llama3.dump_maps(rank)  # with $LLAMA3_TP_DUMP_MAPS (a test's hook): the files this process has mapped
     if rank == 0:
         report_rank0(args, shard, ckpt_dir, prompt, token_ids, tokenizer, logits, generation, seconds)
     dist.destroy_process_group()

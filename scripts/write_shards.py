@@ -238,6 +238,35 @@ def reshard(src_dir: Path, out_dir: Path, n_shards: int) -> dict:
     return write_meta_shards(weights, params, out_dir, n_shards, src_dir / "tokenizer.model")
 
 
+class MergedShards(Mapping):
+    """A sharded checkpoint's tensors whole, each joined from its shards' slices only when asked (one at a time)."""
+
+    def __init__(self, src_dir: Path):
+        self.config = llama3.read_params(src_dir)
+        self.sharded = llama3.load_sharded_weights(src_dir, self.config)
+        if self.sharded["output.weight"] is self.sharded["tok_embeddings.weight"]:
+            del self.sharded["output.weight"]  # tied: the writer makes it from the embedding
+
+    def __getitem__(self, key):
+        w = self.sharded[key]
+        return w if isinstance(w, torch.Tensor) else w.merged()
+
+    def __iter__(self):
+        return iter(self.sharded)
+
+    def __len__(self):
+        return len(self.sharded)
+
+
+def regroup(src_dir: Path, out_dir: Path, n_shards: int) -> dict:
+    """The same weights as the sharded checkpoint in src_dir, cut into N shards in out_dir (memory: one whole
+    tensor at a time). Key/value heads the source repeated (more shards than heads) stay repeated.
+    Returns the params written."""
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    params = json.loads((src_dir / "params.json").read_text())
+    return write_meta_shards(MergedShards(src_dir), params, out_dir, n_shards, src_dir / "tokenizer.model")
+
+
 def write_from_cli(args) -> dict:
     """make_checkpoint.py with --shards N or --from DIR: reshard DIR, or write random weights as N shards."""
     if args.source is not None:

@@ -34,6 +34,52 @@ DEFAULT_TP_TIMEOUT = 30.0
 # Test hook: "r:k" makes rank r exit abruptly (os._exit(1)) after layer k, as a crashed machine would;
 # "r:k:hang" makes it stop answering instead, as a stuck one would.
 FAIL_AT_ENV = "LLAMA3_TP_FAIL_AT"
+# Debug hook: a folder where each rank writes the memory maps of its process (/proc/self/maps) as
+# rank-R.maps once its forward passes are done (run_tp.py): which files a rank has mapped, e.g. its own shard only.
+DUMP_MAPS_ENV = "LLAMA3_TP_DUMP_MAPS"
+
+_collective_seconds: list[float] | None = None  # see time_collectives
+
+
+def time_collectives(seconds: list[float] | None) -> None:
+    """Benchmark hook (scripts/bench_tp.py): from now on every all_reduce and all_gather of the forward pass
+    appends its wall seconds to `seconds`; None turns timing off, the default. Off, a collective costs one
+    `is None` test more; on, it costs two clock readings. Timing changes no result."""
+    global _collective_seconds
+    _collective_seconds = seconds
+
+
+def _all_reduce(tensor: torch.Tensor) -> None:
+    if _collective_seconds is None:
+        dist.all_reduce(tensor)
+    else:
+        _timed(lambda: dist.all_reduce(tensor), tensor)
+
+
+def _all_gather(slices: list[torch.Tensor], tensor: torch.Tensor) -> None:
+    if _collective_seconds is None:
+        dist.all_gather(slices, tensor)
+    else:
+        _timed(lambda: dist.all_gather(slices, tensor), tensor)
+
+
+def _timed(collective, tensor: torch.Tensor) -> None:
+    """Wall seconds of one collective into the list time_collectives was given. gloo's call returns when it is
+    done; NCCL's returns before the GPU has done it, so the GPU is waited for on both sides."""
+    wait = torch.cuda.synchronize if tensor.is_cuda else (lambda: None)
+    wait()
+    started = time.perf_counter()
+    collective()
+    wait()
+    _collective_seconds.append(time.perf_counter() - started)
+
+
+def dump_maps(rank: int) -> None:
+    """With $LLAMA3_TP_DUMP_MAPS set to a folder: this process's /proc/self/maps to rank-R.maps there."""
+    folder = os.environ.get(DUMP_MAPS_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"rank-{rank}.maps").write_text(Path("/proc/self/maps").read_text())
 
 
 def tp_timeout() -> timedelta:
@@ -181,7 +227,7 @@ def vocab_parallel_embed(shard: RankShard, token_ids) -> torch.Tensor:
     local_ids = torch.where(here, ids - shard.vocab_start, 0)
     rows = embed(shard.weights["tok_embeddings.weight"], local_ids)
     rows = rows.masked_fill(~here[:, None], 0)
-    dist.all_reduce(rows)
+    _all_reduce(rows)
     return rows
 
 
@@ -194,7 +240,7 @@ def all_reduce_partial_sums(partial: torch.Tensor) -> torch.Tensor:
     themselves (half the bytes, a rounding per addition): the same numbers within llama3.logits_tolerance.
     """
     summed = partial.float()
-    dist.all_reduce(summed)
+    _all_reduce(summed)
     return summed.to(partial.dtype)
 
 
@@ -226,7 +272,7 @@ def vocab_parallel_logits(x: torch.Tensor, shard: RankShard) -> torch.Tensor:
     x = rms_norm(x, shard.weights["norm.weight"], shard.config.norm_eps)
     local_logits = linear(x, shard.weights["output.weight"])  # [T, V/N], bfloat16
     slices = [torch.empty_like(local_logits) for _ in range(shard.world_size)]
-    dist.all_gather(slices, local_logits.contiguous())  # bfloat16, as the one-process forward joins them
+    _all_gather(slices, local_logits.contiguous())  # bfloat16, as the one-process forward joins them
     return torch.cat(slices, dim=-1).float()
 
 

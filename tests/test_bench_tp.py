@@ -1,0 +1,45 @@
+"""What the tensor-parallel benchmark (scripts/bench_tp.py) relies on: the collectives' timing hook counts every
+collective of a forward pass and changes no result, and regrouping a sharded checkpoint keeps its weights."""
+
+import torch
+import torch.distributed as dist
+
+import llama3
+import write_shards
+
+
+def test_regrouping_shards_keeps_the_weights(demo, tmp_path):
+    """The demo (one file) regrouped into 2 shards is what the shard writer writes; those regrouped into 1 are the demo."""
+    write_shards.regroup(llama3.DEMO_DIR, tmp_path / "two", 2)
+    llama3.write_meta_shards(demo, tmp_path / "two-direct", 2)
+    for r in range(2):
+        regrouped = torch.load(tmp_path / "two" / f"consolidated.0{r}.pth", weights_only=True)
+        direct = torch.load(tmp_path / "two-direct" / f"consolidated.0{r}.pth", weights_only=True)
+        assert list(regrouped) == list(direct)
+        assert all(torch.equal(regrouped[key], direct[key]) for key in direct)
+    write_shards.regroup(tmp_path / "two", tmp_path / "one", 1)
+    whole = torch.load(tmp_path / "one" / "consolidated.00.pth", weights_only=True)
+    assert list(whole) == list(demo.weights)
+    assert all(torch.equal(whole[key], demo.weights[key]) for key in whole)
+
+
+def test_timing_the_collectives_counts_them_and_changes_nothing(demo, tmp_path):
+    """One rank (a world of 1, gloo in this process): the embedding's all_reduce, two per layer, the logits' all_gather."""
+    llama3.write_meta_shards(demo, tmp_path / "one", 1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        shard = llama3.load_rank_shard(tmp_path / "one", demo.config, 0, 1)
+        ids = llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
+        plain = llama3.tp_forward(shard, ids)
+        seconds: list[float] = []
+        llama3.time_collectives(seconds)
+        try:
+            timed = llama3.tp_forward(shard, ids)
+        finally:
+            llama3.time_collectives(None)
+        assert torch.equal(plain, timed)
+        assert len(seconds) == 2 + 2 * demo.config.n_layers and all(s > 0 for s in seconds)
+        llama3.tp_forward(shard, ids)
+        assert len(seconds) == 2 + 2 * demo.config.n_layers  # off again
+    finally:
+        dist.destroy_process_group()

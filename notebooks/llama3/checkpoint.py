@@ -105,12 +105,17 @@ def check_checkpoint_dir(ckpt_dir: Path) -> None:
     checkpoint_layout(ckpt_dir)
 
 
+def read_json(path: Path):
+    """A checkpoint's JSON file (params.json, config.json), or one message naming it and the fix."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e}). Download {path.name} again.") from None
+
+
 def read_params(ckpt_dir: Path, release: str | None = None) -> ModelConfig:
     path = ckpt_dir / "params.json"
-    try:
-        params = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not readable JSON ({e}). Download params.json again.") from None
+    params = read_json(path)
     if not isinstance(params, dict):
         raise CheckpointError(f"{path} does not hold a JSON object. Download params.json again.")
     missing = [k for k in PARAMS_REQUIRED if k not in params]
@@ -186,20 +191,9 @@ def load_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, torch.Tensor]
             "This file was converted by other code; use Meta's original consolidated.00.pth."
         )
     tied = "output.weight" not in weights  # a file without output.weight reuses the embedding matrix
-    want = expected_shapes(config, tied_output=tied)
-    missing = [k for k in want if k not in weights]
-    if missing:
-        raise CheckpointError(
-            f"{path} lacks {len(missing)} tensors that params.json implies (first: {missing[0]}). "
-            "Check that params.json and consolidated.00.pth come from the same model."
-        )
-    for key, shape in want.items():
-        got = tuple(weights[key].shape)
-        if got != shape:
-            raise CheckpointError(
-                f"{path}: {key} has shape {list(got)} but {ckpt_dir / 'params.json'} implies {list(shape)}. "
-                "Check that both files come from the same model."
-            )
+    from .layouts import check_shard  # the whole model is one shard of one
+
+    check_shard(path, weights, expected_shapes(config, tied_output=tied), 1, ckpt_dir / "params.json")
     if tied:
         weights["output.weight"] = weights["tok_embeddings.weight"]
     return weights

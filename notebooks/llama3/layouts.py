@@ -317,11 +317,12 @@ def shard_files(ckpt_dir: Path) -> list[Path]:
 def check_shard(path: Path, shard: dict, want: dict[str, tuple[int, ...]], n: int, params_path: Path) -> None:
     """One of n shards against params.json's shapes (want, from expected_shapes): every tensor there, bfloat16,
     and 1/n of the whole along the dimension Meta splits it on (split_dim_of)."""
+    same = "params.json and this file" if n == 1 else "every shard and params.json"
     missing = [k for k in want if k not in shard]
     if missing:
         raise CheckpointError(
             f"{path} lacks {len(missing)} tensors that params.json implies (first: {missing[0]}). "
-            "Check that every shard and params.json come from the same model."
+            f"Check that {same} come from the same model."
         )
     for key, shape in want.items():
         t = shard[key]
@@ -336,6 +337,11 @@ def check_shard(path: Path, shard: dict, want: dict[str, tuple[int, ...]], n: in
             part[split] //= n
         if key == "tok_embeddings.weight" and list(t.shape) == [shape[0], shape[1] // n]:
             continue  # Llama 2's convention (split over dim): read as well
+        if list(t.shape) != part and n == 1:
+            raise CheckpointError(
+                f"{path}: {key} has shape {list(t.shape)} but {params_path} implies {part}. "
+                f"Check that {same} come from the same model."
+            )
         if list(t.shape) != part:
             raise CheckpointError(
                 f"{path}: {key} has shape {list(t.shape)}, but {n} shards of the model in {params_path} "
@@ -468,10 +474,7 @@ def meta_key(hf_key: str) -> str | None:
 def read_hf_config(ckpt_dir: Path, release: str | None = None) -> ModelConfig:
     """config.json of a Hugging Face Llama 3 folder as the walkthrough's ModelConfig."""
     path = ckpt_dir / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not readable JSON ({e}). Download config.json again.") from None
+    cfg = read_json(path)
     if not isinstance(cfg, dict) or cfg.get("model_type") != "llama":
         raise CheckpointError(
             f"{path} does not describe a Llama model (model_type {cfg.get('model_type') if isinstance(cfg, dict) else None!r}). "

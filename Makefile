@@ -131,7 +131,7 @@ tolerance-8b: setup
 test-8b: setup synthetic-8b
 	LLAMA3_FULL_SCALE_DIR=$(abspath $(SYNTHETIC_8B)) $(PY) -m pytest tests/full_scale -v -s
 
-# The same at Llama 3.2 1B's shape inside 1 GiB (the limits and why: tests/full_scale/test_full_scale.py).
+# The same at Llama 3.2 1B's shape inside 1.5 GiB (the limits and why: tests/full_scale/test_full_scale.py).
 test-1b: setup synthetic-1b
 	LLAMA3_FULL_SCALE_DIR=$(abspath $(SYNTHETIC_1B)) $(PY) -m pytest tests/full_scale -v -s
 

@@ -36,18 +36,8 @@ EOS_TOKEN_ID = 128001
 # max_position_embeddings: Llama 3 was trained on 8192 positions; 3.1 and 3.2 reach 131072 with scaled RoPE.
 CONTEXT_LENGTH = {"3": 8192, "3.1": 131072, "3.2": 131072}
 
-# Per layer: Hugging Face's name <- Meta's name.
-LAYER_KEYS = {
-    "self_attn.q_proj.weight": "attention.wq.weight",
-    "self_attn.k_proj.weight": "attention.wk.weight",
-    "self_attn.v_proj.weight": "attention.wv.weight",
-    "self_attn.o_proj.weight": "attention.wo.weight",
-    "mlp.gate_proj.weight": "feed_forward.w1.weight",
-    "mlp.up_proj.weight": "feed_forward.w3.weight",
-    "mlp.down_proj.weight": "feed_forward.w2.weight",
-    "input_layernorm.weight": "attention_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-}
+# Per layer: Hugging Face's name <- Meta's name (the names the reader, llama3.layouts, maps back).
+LAYER_KEYS = {f"{hf}.weight": f"{meta}.weight" for hf, meta in llama3.layouts.HF_LAYER_NAMES.items()}
 
 
 def interleaved_to_half_split(w: torch.Tensor, n_heads: int) -> torch.Tensor:

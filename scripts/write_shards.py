@@ -36,23 +36,6 @@ sys.path.insert(0, str(HERE))
 import llama3  # noqa: E402
 from llama3 import CheckpointError  # noqa: E402
 
-# Which dimension Meta's model splits, by the layer that holds the tensor (llama_models.llama3.model;
-# llama_models.checkpoint lists the same: _WEIGHT_COLUMN_KEY split on dim 0, _WEIGHT_ROW_KEY on dim -1).
-COLUMN_PARALLEL = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3", "output")
-ROW_PARALLEL = ("attention.wo", "feed_forward.w2")
-VOCAB_PARALLEL = ("tok_embeddings",)
-
-
-def split_dim(key: str) -> int | None:
-    """0 for rows, 1 for columns, None for a tensor every rank holds whole (the norms)."""
-    layer = key.removesuffix(".weight").split(".", 2)[-1] if key.startswith("layers.") else key.removesuffix(".weight")
-    if layer in COLUMN_PARALLEL or layer in VOCAB_PARALLEL:
-        return 0
-    if layer in ROW_PARALLEL:
-        return 1
-    return None
-
-
 def shard_params(params: dict, n_shards: int) -> dict:
     """params.json for N shards: the same, with n_kv_heads raised when there are more ranks than key/value heads.
 
@@ -89,7 +72,7 @@ def rank_slice(key: str, full: torch.Tensor, rank: int, n_shards: int, kv_repeat
         # the repeated heads are original heads 0,0,..,1,1,..: copy j is original head j // kv_repeat
         copies = torch.arange(rank * per_rank, (rank + 1) * per_rank) // kv_repeat
         return heads[copies].reshape(per_rank * head_dim, full.shape[1])
-    dim = split_dim(key)
+    dim = llama3.split_dim_of(key)
     if dim is None:
         return full
     return full.chunk(n_shards, dim=dim)[rank]
@@ -101,7 +84,7 @@ def shard_shapes(params: dict, n_shards: int) -> dict[str, tuple[int, ...]]:
     shapes = llama3.expected_shapes(llama3.ModelConfig.from_params(written))
     out = {}
     for key, shape in shapes.items():
-        dim = split_dim(key)
+        dim = llama3.split_dim_of(key)
         out[key] = shape if dim is None else tuple(s // n_shards if i == dim else s for i, s in enumerate(shape))
     return out
 

@@ -55,7 +55,9 @@ def map_weights(weights: dict[str, torch.Tensor], progress: bool = True) -> bool
     """
     page = os.sysconf("SC_PAGE_SIZE")
     pieces, seen = [], set()  # (bytes of one storage, offset, length)
-    tensors = [t for w in weights.values() for t in (w.tensors() if hasattr(w, "tensors") else [w])]
+    from .checkpoint import stored_tensors  # a weight in shards is several storages
+
+    tensors = [t for w in weights.values() for t in stored_tensors(w)]
     for t in tensors:
         storage = t.untyped_storage()
         if storage.device.type != "cpu" or storage.data_ptr() in seen:

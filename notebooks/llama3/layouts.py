@@ -161,8 +161,8 @@ class ShardedWeight(StoredWeight):
         start, stop, step = along.indices(self.shape[self.split_dim])
         if step != 1:
             raise IndexError("ShardedWeight takes unit-step slices only")
-        pieces = []
-        for shard, a, b in zip(self.shards, self.offsets(), self.offsets()[1:]):
+        pieces, starts = [], self.offsets()
+        for shard, a, b in zip(self.shards, starts, starts[1:]):
             lo, hi = max(start, a), min(stop, b)
             if lo < hi:
                 rest[self.split_dim] = slice(lo - a, hi - a)
@@ -178,7 +178,8 @@ class ShardedWeight(StoredWeight):
         if self.split_dim == 1:
             return torch.cat([s[ids] for s in self.shards], dim=-1)
         out = torch.empty(*ids.shape, self.shape[1], dtype=self.dtype, device=self.device)
-        for shard, a, b in zip(self.shards, self.offsets(), self.offsets()[1:]):
+        starts = self.offsets()
+        for shard, a, b in zip(self.shards, starts, starts[1:]):
             here = (ids >= a) & (ids < b)
             if here.any():
                 out[here] = shard[ids[here] - a]
@@ -546,7 +547,7 @@ def map_file(path: Path) -> dict[str, torch.Tensor]:
 
         with safe_open(path, framework="pt") as f:
             return {name: f.get_tensor(name) for name in f.keys()}
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    return read_pth(path)
 
 
 def hf_weight_files(ckpt_dir: Path) -> dict[str, Path]:

@@ -1,5 +1,6 @@
 # Llama 3 from scratch. Two commands on a fresh machine: `make run` and `make test`.
-# Everything is installed into .venv with python3 -m venv + pip from requirements.txt.
+# Everything is installed into .venv with python3 -m venv + pip from requirements.txt, and the llama3
+# package (notebooks/llama3, pyproject.toml) editable, so notebooks, scripts and tests import it as it is.
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,28 +17,29 @@ ifdef LLAMA3_DIR
 export LLAMA3_DIR := $(abspath $(LLAMA3_DIR))
 endif
 
-.PHONY: setup run run-tp test test-tp8 test-ui lab demo clean synthetic-8b synthetic-1b synthetic-3b bench bench-sizes \
-	test-8b test-1b tolerance-8b synthetic-70b-slice bench-tp
+.PHONY: setup run run-tp test lint test-layouts test-tp8 test-ui lab demo clean synthetic-8b synthetic-1b synthetic-3b \
+	bench bench-sizes test-8b test-1b tolerance-8b synthetic-70b-slice bench-tp
 
 setup: $(INSTALLED) $(DEMO) $(DEMO_HF) $(KERNEL_LIB)
 
-$(INSTALLED): requirements.txt
+$(INSTALLED): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (llama3-from-scratch)" >/dev/null
 	touch $@
 
 # The demo checkpoint: Llama 3 in miniature, expanded from the committed trained parameters.
 # The same weights in Hugging Face's layout (notebook 05), written as Hugging Face's converter does.
 demo: $(DEMO) $(DEMO_HF)
-$(DEMO): $(INSTALLED) scripts/build_demo_checkpoint.py scripts/train_demo.py scripts/demo_checkpoint/trained.pt scripts/demo_checkpoint/params.json
-	$(PY) scripts/build_demo_checkpoint.py
-$(DEMO_HF): $(DEMO) scripts/write_hf.py
-	$(PY) scripts/make_checkpoint.py $(dir $@) --from $(dir $(DEMO)) --layout hf >/dev/null
+$(DEMO): $(INSTALLED) notebooks/llama3/tools/demo_checkpoint.py scripts/demo/trained/trained.pt scripts/demo/trained/params.json
+	$(PY) scripts/demo/build_demo_checkpoint.py
+$(DEMO_HF): $(DEMO) notebooks/llama3/formats/huggingface.py
+	$(PY) scripts/checkpoints/make_checkpoint.py $(dir $@) --from $(dir $(DEMO)) --layout hf >/dev/null
 
-# The bfloat16 matmul kernel for CPUs with AVX-512 BF16 (see notebooks/matmul_kernel.py). It is
+# The bfloat16 matmul kernel for CPUs with AVX-512 BF16 (see notebooks/llama3/kernel.py). It is
 # optional: where g++ or x86-64 is missing, the build says so and torch does the matmuls.
-$(KERNEL_LIB): scripts/bf16_linear.cpp
+$(KERNEL_LIB): scripts/kernel/bf16_linear.cpp
 	@mkdir -p build
 	@if [ "$$(uname -m)" = x86_64 ] && command -v g++ >/dev/null; then \
 		g++ -std=c++17 -O3 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -fopenmp -fPIC -shared \
@@ -47,7 +49,7 @@ $(KERNEL_LIB): scripts/bf16_linear.cpp
 # Executes every notebook in a fresh kernel, writes build/executed, build/html and
 # build/run-summary.json, and prints the top 5 next tokens. Honours LLAMA3_DIR and LLAMA3_PROMPT.
 run: setup
-	$(PY) scripts/run_notebooks.py
+	$(PY) scripts/run/run_notebooks.py
 
 # Tensor parallelism across NPROC processes (llama3.parallel): torchrun starts one process per shard of
 # LLAMA3_DIR (Meta's consolidated.0r.pth), or of the demo cut into NPROC shards (build/llama3-demo-N-shards;
@@ -55,15 +57,28 @@ run: setup
 # LLAMA3_MAX_NEW_TOKENS greedy tokens; writes build/run-tp-summary.json. Honours LLAMA3_PROMPT.
 NPROC ?= 2
 run-tp: setup
-	$(PY) scripts/run_tp.py --nproc-per-node $(NPROC)
+	$(PY) scripts/run/run_tp.py --nproc-per-node $(NPROC)
 
-# Unit and parity tests, then nbval re-executes every notebook and compares its stored outputs.
-# Always the demo checkpoint and the default prompt: the stored outputs come from them.
-# nbval settings: --nbval-current-env runs the kernel of this venv; tests/nbval_sanitize.cfg
-# says what text is normalised before comparison and why.
-test: setup
-	env -u LLAMA3_DIR -u LLAMA3_PROMPT -u LLAMA3_DEVICE $(PY) -m pytest tests $(NOTEBOOKS) \
-		--ignore=tests/full_scale --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+# The maintainer's loop: lint and the package's import contract, unit and parity tests, then nbval
+# re-executes every notebook and compares its stored outputs. Always the demo checkpoint and the default
+# prompt: the stored outputs come from them. nbval settings: --nbval-current-env runs the kernel of this
+# venv; tests/nbval_sanitize.cfg says what text is normalised before comparison and why. Two workers (-n 2:
+# this machine's two cores) share the test files and notebooks.
+PYTEST := env -u LLAMA3_DIR -u LLAMA3_PROMPT -u LLAMA3_DEVICE $(PY) -m pytest
+test: setup lint
+	$(PYTEST) tests $(NOTEBOOKS) -n 2 --dist loadfile --ignore=tests/full_scale --ignore=tests/layouts --ignore=tests/ui \
+		--nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+# ruff (lint and format) over the package, scripts and tests (its settings: pyproject.toml). The layers
+# contract (lint-imports, also pyproject.toml) runs in tests/test_package.py.
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check notebooks/llama3 scripts tests
+	$(VENV)/bin/ruff format --check notebooks/llama3 scripts tests
+
+# Every layout Meta and Hugging Face ship, through what a layout can change: the notebooks that read the
+# files or multiply stored weights, and parity with Meta's reference and transformers on each layout.
+test-layouts: setup
+	$(PYTEST) tests/layouts -n 2 --dist loadgroup
 
 # Tensor parallelism in eight processes (a random checkpoint with 8 query heads cut in 8 shards), against
 # the one-process forward and Meta's model-parallel reference in eight processes; not part of `make test`.
@@ -84,21 +99,21 @@ lab: setup
 SYNTHETIC_8B := build/llama3-8b-synthetic
 synthetic-8b: $(SYNTHETIC_8B)/consolidated.00.pth
 $(SYNTHETIC_8B)/consolidated.00.pth: | $(INSTALLED)
-	$(PY) scripts/make_checkpoint.py $(SYNTHETIC_8B) --preset 8b
+	$(PY) scripts/checkpoints/make_checkpoint.py $(SYNTHETIC_8B) --preset 8b
 
 # The same for the small models, in Llama 3.2 1B's and 3B's shapes (2.5 GB and 6.4 GB of disk; tied output).
 SYNTHETIC_1B := build/llama3.2-1b-synthetic
 SYNTHETIC_3B := build/llama3.2-3b-synthetic
 synthetic-1b: $(SYNTHETIC_1B)/consolidated.00.pth
 $(SYNTHETIC_1B)/consolidated.00.pth: | $(INSTALLED)
-	$(PY) scripts/make_checkpoint.py $(SYNTHETIC_1B) --preset llama3.2-1b
+	$(PY) scripts/checkpoints/make_checkpoint.py $(SYNTHETIC_1B) --preset llama3.2-1b
 synthetic-3b: $(SYNTHETIC_3B)/consolidated.00.pth
 $(SYNTHETIC_3B)/consolidated.00.pth: | $(INSTALLED)
-	$(PY) scripts/make_checkpoint.py $(SYNTHETIC_3B) --preset llama3.2-3b
+	$(PY) scripts/checkpoints/make_checkpoint.py $(SYNTHETIC_3B) --preset llama3.2-3b
 
 # Ours against the usual in-RAM approach and the machine's floor, at 8B; writes build/bench.md.
 bench: setup synthetic-8b
-	$(PY) scripts/bench.py --model-dir $(SYNTHETIC_8B)
+	$(PY) scripts/bench/bench.py --model-dir $(SYNTHETIC_8B)
 
 # Llama 3 70B's exact widths (dim 8192, 64 query and 8 key/value heads, FFN 28672, vocabulary 128256) in
 # Meta's 8 model-parallel files, but 2 of its 80 layers: each layer is 1.7 GB and the embedding and output
@@ -108,24 +123,24 @@ SLICE_70B := build/llama3-70b-slice
 SLICE_LAYERS := 2
 synthetic-70b-slice: $(SLICE_70B)/consolidated.07.pth
 $(SLICE_70B)/consolidated.07.pth: | $(INSTALLED)
-	$(PY) scripts/make_checkpoint.py $(SLICE_70B) --preset llama3-70b --n-layers $(SLICE_LAYERS) --shards 8 \
+	$(PY) scripts/checkpoints/make_checkpoint.py $(SLICE_70B) --preset llama3-70b --n-layers $(SLICE_LAYERS) --shards 8 \
 		--weight-std 0.02 --embedding-scale 0.02
 
 # Tensor parallelism on the 70B slice in 1, 2, 4 and 8 processes (torchrun, gloo on the CPU) beside the
 # one-process shard-by-shard forward: memory, time per layer, the collectives' share; writes build/bench-tp.md.
 bench-tp: setup synthetic-70b-slice
-	$(PY) scripts/bench_tp.py --model-dir $(SLICE_70B)
+	$(PY) scripts/bench/bench_tp.py --model-dir $(SLICE_70B)
 
 # What each model needs: disk, RAM for a smooth run, seconds per forward pass and per generated token,
 # for Llama 3.2 1B, 3.2 3B and 3 8B (synthetic checkpoints, written if missing); writes build/sizes.md.
 bench-sizes: setup synthetic-1b synthetic-3b synthetic-8b
-	$(PY) scripts/bench.py --sizes $(SYNTHETIC_1B) $(SYNTHETIC_3B) $(SYNTHETIC_8B)
+	$(PY) scripts/bench/bench.py --sizes $(SYNTHETIC_1B) $(SYNTHETIC_3B) $(SYNTHETIC_8B)
 
 # Rounding at 8B's shape: cached vs uncached, ours vs Meta's reference and the per-head chain vs the
 # forward pass, on random checkpoints of several scales and seeds (each 16 GB, written in turn to
 # build/tolerance-8b and deleted); writes build/tolerance-trials.md. Not part of `make test`.
 tolerance-8b: setup
-	$(PY) scripts/tolerance_trials.py
+	$(PY) scripts/bench/tolerance_trials.py
 
 # Every notebook at 8B inside a 2 GiB memory limit (a cgroup; needs root), and parity with Meta's code.
 test-8b: setup synthetic-8b

@@ -1,14 +1,7 @@
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "notebooks"))
-sys.path.insert(0, str(REPO / "scripts"))
-
-import llama3  # noqa: E402
-import make_checkpoint  # noqa: E402
+import llama3
+from llama3.tools import synthetic
 
 # Random checkpoints for parity: other head ratios, rope_theta, Llama 3.1 scaling, tied output.
 # Embedding scale 4 makes their logits peaked, so bfloat16 rounding cannot decide the top-1.
@@ -41,7 +34,7 @@ def demo_shards(demo, tmp_path_factory):
     as in 70B; 4: each key/value head stored twice, as in Llama 3.1 405B's 16-shard release)."""
     root = tmp_path_factory.mktemp("demo-shards")
     for n in (1, 2, 4):
-        llama3.write_meta_shards(demo, root / f"demo-{n}", n)
+        llama3.reshard(demo, root / f"demo-{n}", n)
     return root
 
 
@@ -49,12 +42,12 @@ def demo_shards(demo, tmp_path_factory):
 def random_checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")
     return {
-        name: make_checkpoint.write_checkpoint(
+        name: synthetic.write_checkpoint(
             root / name,
-            make_checkpoint.PRESETS[name],
+            synthetic.PRESETS[name],
             seed=index,
             embedding_scale=4.0,
-            tied=name in make_checkpoint.TIED_PRESETS,
+            tied=name in synthetic.TIED_PRESETS,
         )
         for index, name in enumerate(PARITY_PRESETS)
     }

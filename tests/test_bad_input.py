@@ -35,7 +35,8 @@ def test_missing_directory(tmp_path):
 
 
 def test_missing_demo_checkpoint_says_how_to_build_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(llama3.checkpoint, "DEMO_DIR", tmp_path / "llama3-demo")  # the name checkpoint_dir reads
+    for module in (llama3.config, llama3.checkpoint):  # checkpoint_dir's default and checkpoint_layout's test
+        monkeypatch.setattr(module, "DEMO_DIR", tmp_path / "llama3-demo")
     monkeypatch.delenv("LLAMA3_DIR", raising=False)
     expect_error(None, "make demo")
 
@@ -90,9 +91,7 @@ def test_corrupt_checkpoint(good_dir):
 
 def test_checkpoint_holding_code_is_not_unpickled(good_dir, tmp_path):
     marker = tmp_path / "ran"
-    payload = (
-        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
-    )  # a pickle that would run a shell command
+    payload = b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."  # a pickle that would run a shell command
     import zipfile
 
     with zipfile.ZipFile(good_dir / "consolidated.00.pth", "w") as z:
@@ -146,7 +145,9 @@ def test_empty_prompt(demo):
 
 def test_prompt_longer_than_context(demo):
     prompt = "llama " * demo.config.context_length
-    with pytest.raises(llama3.PromptError, match=f"more than the model's context length of {demo.config.context_length}"):
+    with pytest.raises(
+        llama3.PromptError, match=f"more than the model's context length of {demo.config.context_length}"
+    ):
         llama3.encode_prompt(demo.tokenizer, prompt, demo.config)
     fits = "the" + " the" * (demo.config.context_length - 2)  # one token each
     assert len(llama3.encode_prompt(demo.tokenizer, fits, demo.config)) == demo.config.context_length
@@ -160,7 +161,7 @@ def test_jupyter_shows_the_message_not_a_traceback(tmp_path):
 def run_notebooks(env_changes):
     env = {k: v for k, v in os.environ.items() if k not in ("LLAMA3_DIR", "LLAMA3_PROMPT")} | env_changes
     return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "run_notebooks.py")],
+        [sys.executable, str(REPO / "scripts" / "run" / "run_notebooks.py")],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

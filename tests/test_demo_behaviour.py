@@ -1,6 +1,6 @@
 """What the demo checkpoint was trained to show, measured with the notebooks' own functions.
 
-The corpus (scripts/demo_corpus.py) looks the answer up by two words far back in the question
+The corpus (llama3.tools.demo_corpus) looks the answer up by two words far back in the question
 and repeats random spans; these tests check on the built file that the model learned to use
 attention for it, as notebooks 09, 10, 11 and 15 show.
 """
@@ -89,7 +89,12 @@ def test_score_functions_on_a_made_up_map():
     assert llama3.previous_token_scores(attention)[2] == pytest.approx(even.diagonal(-1).mean())
     assert llama3.sink_scores(attention).tolist()[:2] == [pytest.approx(1 / (n - 1)), 1.0]
     assert llama3.attention_from_last(attention, [n - 2]).tolist()[:3] == [1.0, 0.0, pytest.approx(1 / n)]
-    assert llama3.induction_scores(attention, period).tolist() == [0.0, 0.0, pytest.approx(sum(1 / (t + 1) for t in range(period + 1, n)) / (n - period - 1)), 1.0]
+    assert llama3.induction_scores(attention, period).tolist() == [
+        0.0,
+        0.0,
+        pytest.approx(sum(1 / (t + 1) for t in range(period + 1, n)) / (n - period - 1)),
+        1.0,
+    ]
 
 
 def test_key_value_heads_differ(demo):

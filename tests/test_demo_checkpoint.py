@@ -2,10 +2,12 @@
 
 import json
 
-import demo_corpus
-import llama3
+import torch
 
-DEMO_SOURCE = llama3.REPO_DIR / "scripts" / "demo_checkpoint"
+import llama3
+from llama3.tools import demo_corpus
+
+DEMO_SOURCE = llama3.REPO_DIR / "scripts" / "demo" / "trained"
 
 
 def test_build_is_byte_identical_to_the_recorded_digest(demo):
@@ -14,10 +16,7 @@ def test_build_is_byte_identical_to_the_recorded_digest(demo):
 
 
 def test_tokenizer_is_metas(demo):
-    import llama_models.llama3
-
-    packaged = llama3.Path(llama_models.llama3.__file__).parent / "tokenizer.model"
-    assert llama3.sha256_of(packaged) == llama3.META_TOKENIZER_SHA256
+    assert llama3.sha256_of(llama3.meta_tokenizer_model()) == llama3.META_TOKENIZER_SHA256
     assert llama3.sha256_of(demo.path / "tokenizer.model") == llama3.META_TOKENIZER_SHA256
 
 
@@ -30,7 +29,7 @@ def test_same_architecture_in_miniature(demo):
     assert c.vocab_size == 128256 and c.rope_theta == 500000.0
     assert c.n_kv_heads >= 2 and c.queries_per_kv_head >= 2  # grouped-query attention, not multi-query
     assert c.head_dim >= 32 and 4 <= c.n_layers <= 8
-    assert all(t.dtype == llama3.torch.bfloat16 for t in demo.weights.values())
+    assert all(t.dtype == torch.bfloat16 for t in demo.weights.values())
     assert set(demo.weights) == set(llama3.expected_shapes(c))  # output.weight is its own matrix
 
 

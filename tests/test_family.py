@@ -7,10 +7,20 @@ import pytest
 import torch
 
 import llama3
-import make_checkpoint
+from llama3.tools import synthetic
 
-META_NAMES = {"Llama 3 8B": "Llama-3-8B", "Llama 3.1 8B": "Llama3.1-8B", "Llama 3.2 1B": "Llama3.2-1B", "Llama 3.2 3B": "Llama3.2-3B"}
-PARAMETERS = {"Llama 3 8B": 8_030_261_248, "Llama 3.1 8B": 8_030_261_248, "Llama 3.2 1B": 1_235_814_400, "Llama 3.2 3B": 3_212_749_824}
+META_NAMES = {
+    "Llama 3 8B": "Llama-3-8B",
+    "Llama 3.1 8B": "Llama3.1-8B",
+    "Llama 3.2 1B": "Llama3.2-1B",
+    "Llama 3.2 3B": "Llama3.2-3B",
+}
+PARAMETERS = {
+    "Llama 3 8B": 8_030_261_248,
+    "Llama 3.1 8B": 8_030_261_248,
+    "Llama 3.2 1B": 1_235_814_400,
+    "Llama 3.2 3B": 3_212_749_824,
+}
 
 
 @pytest.mark.parametrize("name", META_NAMES)
@@ -22,7 +32,12 @@ def test_family_params_are_metas(name):
     assert llama3.parameter_count(config, tied_output=name.startswith("Llama 3.2")) == PARAMETERS[name]
 
 
-RELEASES = {"Llama 3 8B": ("3", None), "Llama 3.1 8B": ("3.1", 8), "Llama 3.2 1B": ("3.2", 32), "Llama 3.2 3B": ("3.2", 32)}
+RELEASES = {
+    "Llama 3 8B": ("3", None),
+    "Llama 3.1 8B": ("3.1", 8),
+    "Llama 3.2 1B": ("3.2", 32),
+    "Llama 3.2 3B": ("3.2", 32),
+}
 
 
 @pytest.mark.parametrize("name", META_NAMES)
@@ -110,13 +125,13 @@ def test_short_prompt_logits_barely_depend_on_the_factor(random_checkpoints):
 
 @pytest.mark.parametrize("mini, full", [("llama3.2-1b-mini", "Llama 3.2 1B"), ("llama3.2-3b-mini", "Llama 3.2 3B")])
 def test_mini_presets_mirror_their_models(mini, full):
-    small = llama3.ModelConfig.from_params(make_checkpoint.PRESETS[mini])
+    small = llama3.ModelConfig.from_params(synthetic.PRESETS[mini])
     big = llama3.ModelConfig.from_params(llama3.FAMILY_PARAMS[full])
     assert small.queries_per_kv_head == big.queries_per_kv_head
     assert small.ffn_dim_multiplier == big.ffn_dim_multiplier
     assert small.use_scaled_rope and big.use_scaled_rope
     assert big.release == "3.2" and small.release == "3.1"  # told by shape: a miniature is not 3.2's shape
-    assert mini in make_checkpoint.TIED_PRESETS
+    assert mini in synthetic.TIED_PRESETS
 
 
 def test_tied_checkpoint_output_is_the_embedding(random_checkpoints):

@@ -9,9 +9,9 @@ import dataclasses
 
 import pytest
 import torch
-from test_parity import assert_logits_match
 
 import llama3
+from test_parity import assert_logits_match
 
 
 def assert_generations_agree(naive, cached, config, dtype=torch.bfloat16):

@@ -1,4 +1,4 @@
-"""Hugging Face's layout (scripts/write_hf.py) against what Hugging Face ships and runs.
+"""Hugging Face's layout (scripts/huggingface.py) against what Hugging Face ships and runs.
 
 The same weights written in Meta's layout and in Hugging Face's must give the same logits, Meta's reference
 implementation (llama_models) on the one and transformers' LlamaForCausalLM on the other. They round at
@@ -15,11 +15,11 @@ import sys
 
 import pytest
 import torch
-from conftest import PARITY_PRESETS
 
 import llama3
-import make_checkpoint
-import write_hf
+from conftest import PARITY_PRESETS
+from llama3.formats import huggingface
+from llama3.tools import synthetic
 
 SHARD_BYTES = 3_000_000  # a few shards at these sizes: the embedding table alone is 16 MB at dim 64
 
@@ -30,7 +30,7 @@ def meta_params(path) -> dict:
 
 def hf_copy(ck: llama3.Checkpoint, out, shard_bytes=None, release=None, permute=True):
     """The checkpoint's own tensors written in Hugging Face's layout."""
-    return write_hf.write_hf_checkpoint(
+    return huggingface.write_hf_checkpoint(
         ck.weights, meta_params(ck.path), release or ck.release, out, ck.path / "tokenizer.model",
         shard_bytes=shard_bytes, permute=permute,
     )  # fmt: skip
@@ -179,17 +179,19 @@ def test_permutation_turns_metas_rope_into_rotate_half(demo):
     wq = demo.weights["layers.2.attention.wq.weight"].float()
     q_meta = (x @ wq.T).reshape(n, c.n_heads, c.head_dim).transpose(0, 1)  # [H, T, d]
     rotated_meta = llama3.apply_rope(q_meta, llama3.rope_freqs_cis(c, n))
-    wq_hf = write_hf.interleaved_to_half_split(wq, c.n_heads)
+    wq_hf = huggingface.to_hf_rows(wq, c.n_heads)
     q_hf = (x @ wq_hf.T).reshape(n, c.n_heads, c.head_dim).transpose(0, 1)
-    cos, sin = LlamaRotaryEmbedding(LlamaConfig(**write_hf.hf_config(c, "3", tied=False)))(q_hf, torch.arange(n)[None])
+    cos, sin = LlamaRotaryEmbedding(LlamaConfig(**huggingface.hf_config(c, "3", tied=False)))(
+        q_hf, torch.arange(n)[None]
+    )
     rotated_hf = apply_rotary_pos_emb(q_hf[None], q_hf[None], cos, sin)[0][0]  # [H, T, d], halves layout
     rows_hf = rotated_hf.transpose(1, 2).reshape(c.n_heads * c.head_dim, n)  # [H * d, T], like wq's rows
-    rows_meta = write_hf.half_split_to_interleaved(rows_hf, c.n_heads)
+    rows_meta = huggingface.to_meta_rows(rows_hf, c.n_heads)
     as_meta = rows_meta.reshape(c.n_heads, c.head_dim, n).transpose(1, 2)
     torch.testing.assert_close(as_meta, rotated_meta, rtol=1e-5, atol=1e-5)
-    unrotated = write_hf.half_split_to_interleaved(q_hf.transpose(1, 2).reshape(-1, n), c.n_heads)
+    unrotated = huggingface.to_meta_rows(q_hf.transpose(1, 2).reshape(-1, n), c.n_heads)
     assert not torch.allclose(unrotated.reshape(c.n_heads, c.head_dim, n).transpose(1, 2), rotated_meta, atol=1e-2)
-    assert torch.equal(write_hf.half_split_to_interleaved(wq_hf, c.n_heads), wq)
+    assert torch.equal(huggingface.to_meta_rows(wq_hf, c.n_heads), wq)
     assert not torch.equal(wq_hf, wq)
 
 
@@ -226,7 +228,7 @@ def test_config_json_has_the_published_values(name):
     release, published = PUBLISHED_CONFIGS[name]
     config = llama3.ModelConfig.from_params(llama3.FAMILY_PARAMS[name])
     assert config.release == release
-    written = write_hf.hf_config(config, release, tied=release == "3.2")
+    written = huggingface.hf_config(config, release, tied=release == "3.2")
     assert {k: written[k] for k in published} == published
     assert written["architectures"] == ["LlamaForCausalLM"]
     assert (written["model_type"], written["hidden_act"]) == ("llama", "silu")
@@ -238,8 +240,8 @@ def test_make_checkpoint_layouts_hold_the_same_random_model(tmp_path, monkeypatc
     a Meta folder to the same files."""
 
     def run(*argv):
-        monkeypatch.setattr(sys, "argv", ["make_checkpoint.py", *map(str, argv)])
-        make_checkpoint.main()
+        monkeypatch.setattr(sys, "argv", ["synthetic.py", *map(str, argv)])
+        synthetic.main()
 
     run(tmp_path / "meta", "--preset", "mha", "--seed", "3")
     run(tmp_path / "hf", "--preset", "mha", "--seed", "3", "--layout", "hf", "--hf-shard-bytes", SHARD_BYTES)
@@ -261,7 +263,7 @@ def test_make_checkpoint_layouts_hold_the_same_random_model(tmp_path, monkeypatc
 def tokenizer_pair(request, demo, tmp_path_factory):
     """(from tokenizer.json, from tokenizer.model, the tokenizer.json path) for a release."""
     out = tmp_path_factory.mktemp("tokenizer")
-    write_hf.write_tokenizer_files(out, demo.path / "tokenizer.model", request.param)
+    huggingface.write_tokenizer_files(out, demo.path / "tokenizer.model", request.param)
     path = out / "tokenizer.json"
     assert llama3.tokenizer_from_json(path).name == f"llama{request.param}"  # the release told from the names
     return (

@@ -1,4 +1,4 @@
-"""Meta's model-parallel shards and Hugging Face's safetensors, read in place (llama3.layouts, notebook 17).
+"""Meta's model-parallel shards and Hugging Face's safetensors, read in place (llama3.weights, llama3.formats; notebooks 05 and 17).
 
 The forward pass on a layout must equal the forward pass on the same weights in one file: bit for bit
 where it does the same sums (column-parallel matmuls, Hugging Face's reordered outputs), and within
@@ -13,8 +13,6 @@ import pytest
 import torch
 
 import llama3
-from llama3 import layouts
-
 from test_parity import assert_logits_match
 
 
@@ -42,17 +40,19 @@ def test_sharded_forward_matches_the_single_file(demo, demo_shards, demo_prompt,
 def test_shards_stay_memory_mapped_and_are_never_merged(demo_shards, demo_prompt, monkeypatch, n):
     ck = llama3.load_checkpoint(demo_shards / f"demo-{n}")
     wq = ck.weights["layers.0.attention.wq.weight"]
-    assert isinstance(wq, layouts.ShardedWeight) and len(wq.shards) == n
+    assert isinstance(wq, llama3.ShardedWeight) and len(wq.shards) == n
     for rank, path in enumerate(ck.files):  # each shard's tensors lie in the pages mapped from its own file
         regions = file_regions(path.resolve())
         for key in ("layers.0.attention.wq.weight", "layers.0.attention.wo.weight", "tok_embeddings.weight"):
             address = ck.weights[key].shards[rank].data_ptr()
-            assert any(start <= address < end for start, end in regions), f"{key} of shard {rank} is not mapped from {path}"
+            assert any(start <= address < end for start, end in regions), (
+                f"{key} of shard {rank} is not mapped from {path}"
+            )
 
     def refuse(self):
         raise AssertionError("the forward pass merged a sharded weight")
 
-    monkeypatch.setattr(layouts.StoredWeight, "merged", refuse)
+    monkeypatch.setattr(llama3.StoredWeight, "merged", refuse)
     llama3.forward(ck.weights, ck.config, demo_prompt)
 
 
@@ -80,7 +80,9 @@ def test_row_parallel_products_are_partial_sums(demo, demo_shards, demo_prompt):
 def test_embedding_rows_come_from_the_shard_holding_each_token(demo, demo_shards):
     ck = llama3.load_checkpoint(demo_shards / "demo-4")
     ids = [0, 1, 32063, 32064, 64127, 64128, 128255, 2983]  # both sides of each shard's boundary
-    assert torch.equal(llama3.embed(ck.weights["tok_embeddings.weight"], ids), llama3.embed(demo.weights["tok_embeddings.weight"], ids))
+    assert torch.equal(
+        llama3.embed(ck.weights["tok_embeddings.weight"], ids), llama3.embed(demo.weights["tok_embeddings.weight"], ids)
+    )
 
 
 def test_more_shards_than_kv_heads_duplicates_them_as_405b_mp16(demo, demo_shards):
@@ -95,8 +97,11 @@ def test_more_shards_than_kv_heads_duplicates_them_as_405b_mp16(demo, demo_shard
 def test_sharded_params_are_metas():
     from llama_models.sku_list import resolve_model
 
-    for name, meta_name in [("Llama 3 70B", "Llama-3-70B"), ("Llama 3.1 405B", "Llama3.1-405B"),
-                            ("Llama 3.1 405B mp16", "Llama3.1-405B:bf16-mp16")]:
+    for name, meta_name in [
+        ("Llama 3 70B", "Llama-3-70B"),
+        ("Llama 3.1 405B", "Llama3.1-405B"),
+        ("Llama 3.1 405B mp16", "Llama3.1-405B:bf16-mp16"),
+    ]:
         model = resolve_model(meta_name)
         assert llama3.SHARDED_PARAMS[name] == model.arch_args
         assert llama3.SHARD_COUNTS[name] == model.pth_file_count
@@ -153,8 +158,11 @@ def test_a_missing_last_shard_is_caught_by_the_shapes(four_shards):
 def test_a_shard_of_another_model_is_named(demo, four_shards, tmp_path):
     other = tmp_path / "other"
     weights = {k: (w + 0.5 if k.endswith("norm.weight") else w) for k, w in demo.weights.items()}
-    llama3.write_meta_shards(llama3.Checkpoint(demo.path, demo.config, weights, demo.tokenizer, "meta", demo.files,
-                                               demo.tokenizer_file), other, 4)
+    llama3.reshard(
+        llama3.Checkpoint(demo.path, demo.config, weights, demo.tokenizer, "meta", demo.files, demo.tokenizer_file),
+        other,
+        4,
+    )
     shutil.copy(other / "consolidated.02.pth", four_shards / "consolidated.02.pth")
     expect_error(four_shards, four_shards / "consolidated.02.pth", "not from the same model")
 
@@ -172,9 +180,9 @@ def test_a_truncated_shard_is_named(four_shards):
 
 def test_a_shard_count_that_does_not_divide_the_heads_is_refused(demo, tmp_path):
     with pytest.raises(llama3.CheckpointError, match="do not divide"):
-        llama3.write_meta_shards(demo, tmp_path / "three", 3)
+        llama3.reshard(demo, tmp_path / "three", 3)
     with pytest.raises(llama3.CheckpointError, match="do not divide"):
-        llama3.write_meta_shards(demo, tmp_path / "eight", 8)  # the demo has 4 query heads
+        llama3.reshard(demo, tmp_path / "eight", 8)  # the demo has 4 query heads
 
 
 def test_params_that_do_not_divide_over_the_shards(four_shards):
@@ -198,20 +206,6 @@ def test_pickled_hugging_face_weights_are_refused(tmp_path):
     expect_error(tmp_path, "pickles", "safetensors")
 
 
-@pytest.mark.parametrize("n", [2, 4])
-def test_the_notebooks_writer_and_the_scripts_write_the_same_shards(demo, demo_shards, tmp_path, n):
-    """llama3.write_meta_shards (notebook 17) and scripts/write_shards.py (tested against Meta's code) agree."""
-    import write_shards
-
-    write_shards.reshard(demo.path, tmp_path / "script", n)
-    ours, theirs = demo_shards / f"demo-{n}", tmp_path / "script"
-    assert json.loads((ours / "params.json").read_text()) == json.loads((theirs / "params.json").read_text())
-    for rank in range(n):
-        a = torch.load(ours / f"consolidated.{rank:02d}.pth", weights_only=True)
-        b = torch.load(theirs / f"consolidated.{rank:02d}.pth", weights_only=True)
-        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
-
-
 # --- both yardsticks on every layout ----------------------------------------------------------------
 
 
@@ -219,26 +213,22 @@ def test_the_notebooks_writer_and_the_scripts_write_the_same_shards(demo, demo_s
 def layouts_of(random_checkpoints, tmp_path_factory):
     """name -> {layout: folder} for the demo and every parity preset: Meta's single file, Hugging Face's
     layout in one file and in several, and Meta's shards where 2 divides the query heads."""
-    import write_hf
-    import write_shards
-
     root = tmp_path_factory.mktemp("yardsticks")
     folders = {}
     for name, meta_dir in {"demo": llama3.DEMO_DIR, **random_checkpoints}.items():
-        weights, params = write_hf.read_meta_checkpoint(meta_dir)
-        release = llama3.release_from_params(params)
+        ck = llama3.load_checkpoint(meta_dir, device="cpu")
         folders[name] = {"meta": meta_dir}
         for layout, shard_bytes in (("hf", None), ("hf-sharded", 1 << 20)):
-            out = root / name / layout
-            write_hf.write_hf_checkpoint(weights, params, release, out, meta_dir / "tokenizer.model", shard_bytes)
-            folders[name][layout] = out
-        if params["n_heads"] % 2 == 0:
-            write_shards.reshard(meta_dir, root / name / "shards", 2)
+            folders[name][layout] = llama3.to_hugging_face(ck, root / name / layout, shard_bytes)
+        if ck.config.n_heads % 2 == 0:
+            llama3.reshard(meta_dir, root / name / "shards", 2)
             folders[name]["shards"] = root / name / "shards"
     return folders
 
 
-@pytest.mark.parametrize("name", ["demo", "mha", "gqa2", "gqa4", "llama3.1", "llama3.2-tied", "llama3.2-1b-mini", "llama3.2-3b-mini"])
+@pytest.mark.parametrize(
+    "name", ["demo", "mha", "gqa2", "gqa4", "llama3.1", "llama3.2-tied", "llama3.2-1b-mini", "llama3.2-3b-mini"]
+)
 def test_every_layout_against_meta_and_transformers(layouts_of, name):
     folders = layouts_of[name]
     meta = llama3.load_checkpoint(folders["meta"])

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import llama3
-import matmul_kernel
+from llama3 import kernel
 
-kernel_in_use = matmul_kernel.available()
-needs_kernel = pytest.mark.skipif(not kernel_in_use, reason=f"weight matmuls: {matmul_kernel.backend()}")
+kernel_in_use = kernel.available()
+needs_kernel = pytest.mark.skipif(not kernel_in_use, reason=f"weight matmuls: {kernel.backend()}")
 
 
 def spiky(shape, seed):
@@ -26,7 +26,7 @@ def kernel_takes(rows):
     """The shapes the kernel must take: any rows up to 64, but with AMX only up to 32 (beyond,
     torch's blocking changes with the rows; the AVX-512 path then takes a shape only where it
     happens to match torch)."""
-    return not matmul_kernel._amx or rows <= matmul_kernel.MAX_AMX_ROWS
+    return not kernel._amx or rows <= kernel.MAX_AMX_ROWS
 
 
 @needs_kernel
@@ -35,7 +35,7 @@ def kernel_takes(rows):
 def test_kernel_equals_torch(rows, columns):
     x = spiky((rows, columns), seed=rows)
     w = spiky((1040, columns), seed=columns)  # 65 tiles of 16 output columns: an odd one at the end
-    got = matmul_kernel.linear(x, w)
+    got = kernel.linear(x, w)
     if kernel_takes(rows):
         assert got is not None, "the kernel should take this shape"
     if got is not None:
@@ -50,7 +50,7 @@ def test_kernel_at_8b_weight_shapes(rows):
     for out_features, in_features in [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]:
         x = spiky((rows, in_features), seed=out_features)
         w = spiky((out_features, in_features), seed=in_features)
-        assert matmul_kernel.linear(x, w) is not None, "the kernel should take this shape"
+        assert kernel.linear(x, w) is not None, "the kernel should take this shape"
         assert torch.equal(llama3.linear(x, w), x @ w.T)
 
 
@@ -59,29 +59,29 @@ def test_kernel_summation_order_is_measured_not_assumed():
     """The summation order the kernel uses is the one torch shows on this machine, per shape."""
     for rows, columns in [(1, 4096), (17, 4096), (1, 14336), (17, 14336)]:
         x = torch.randn(rows, columns).bfloat16()
-        matmul_kernel.linear(x, torch.randn(1024, columns).bfloat16())
-        if matmul_kernel._amx:
-            expected = ("amx", matmul_kernel._torch_amx_blocks(rows, columns, 1024))
+        kernel.linear(x, torch.randn(1024, columns).bfloat16())
+        if kernel._amx:
+            expected = ("amx", kernel._torch_amx_blocks(rows, columns, 1024))
         else:
-            expected = ("avx512", matmul_kernel._torch_run_length(rows, columns))
+            expected = ("avx512", kernel._torch_run_length(rows, columns))
         assert None not in expected
-        assert matmul_kernel._choice[(rows, columns, 1024)] == expected
+        assert kernel._choice[(rows, columns, 1024)] == expected
 
 
 @needs_kernel
 def test_a_wrong_summation_order_is_caught():
     """The equality check would refuse a kernel that sums in another order."""
-    if matmul_kernel._amx:
+    if kernel._amx:
         rows, columns = 1, 14336  # torch splits these rows into partial sums
-        block = matmul_kernel._torch_amx_blocks(rows, columns, 1024)
-        assert matmul_kernel._agrees_with_torch(rows, columns, ("amx", block), 1024)
+        block = kernel._torch_amx_blocks(rows, columns, 1024)
+        assert kernel._agrees_with_torch(rows, columns, ("amx", block), 1024)
         for wrong in (("amx", 1 << 30), ("amx", block + 32), ("avx512", 32)):
-            assert not matmul_kernel._agrees_with_torch(rows, columns, wrong, 1024), wrong
+            assert not kernel._agrees_with_torch(rows, columns, wrong, 1024), wrong
     else:
         rows, columns = 17, 4096
-        run = matmul_kernel._torch_run_length(rows, columns)
-        assert matmul_kernel._agrees_with_torch(rows, columns, ("avx512", run))
-        assert not matmul_kernel._agrees_with_torch(rows, columns, ("avx512", run * 2))
+        run = kernel._torch_run_length(rows, columns)
+        assert kernel._agrees_with_torch(rows, columns, ("avx512", run))
+        assert not kernel._agrees_with_torch(rows, columns, ("avx512", run * 2))
 
 
 @needs_kernel
@@ -90,9 +90,9 @@ def test_read_all_reads_every_byte():
     expected = 0
     for value in t.tolist():
         expected ^= value
-    assert matmul_kernel.read_all(t) == expected
+    assert kernel.read_all(t) == expected
     t[12345] ^= 1 << 40
-    assert matmul_kernel.read_all(t) == expected ^ (1 << 40)
+    assert kernel.read_all(t) == expected ^ (1 << 40)
 
 
 @pytest.mark.parametrize(
@@ -107,17 +107,17 @@ def test_read_all_reads_every_byte():
     ],
 )
 def test_other_shapes_go_to_torch(x, w):
-    assert matmul_kernel.linear(x, w) is None
+    assert kernel.linear(x, w) is None
     assert torch.equal(llama3.linear(x, w), x @ w.T)
 
 
 def test_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv("LLAMA3_MATMUL", "torch")
-    monkeypatch.setattr(matmul_kernel, "_status", None)
-    monkeypatch.setattr(matmul_kernel, "_lib", None)
-    assert matmul_kernel.backend() == "torch (LLAMA3_MATMUL=torch)"
+    monkeypatch.setattr(kernel, "_status", None)
+    monkeypatch.setattr(kernel, "_lib", None)
+    assert kernel.backend() == "torch (LLAMA3_MATMUL=torch)"
     x, w = torch.randn(17, 4096).bfloat16(), torch.randn(64, 4096).bfloat16()
-    assert matmul_kernel.linear(x, w) is None
+    assert kernel.linear(x, w) is None
 
 
 def test_map_weights_maps_the_demo(demo):
@@ -125,7 +125,7 @@ def test_map_weights_maps_the_demo(demo):
 
 
 def test_map_weights_skips_what_does_not_fit(demo, monkeypatch):
-    monkeypatch.setattr(llama3.fast, "memory_limit", lambda: 1 << 20)  # the name map_weights reads
+    monkeypatch.setattr(llama3.pages, "memory_limit", lambda: 1 << 20)  # the name map_weights reads
     weights = demo.weights
     assert not llama3.map_weights(weights, progress=False)
 

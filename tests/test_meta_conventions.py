@@ -1,6 +1,6 @@
 """Every assumption the walkthrough makes about Meta's files, checked against what Meta publishes.
 
-Our own writer (scripts/make_checkpoint.py) produces the checkpoints most tests use, so a test that only
+Our own writer (scripts/synthetic.py) produces the checkpoints most tests use, so a test that only
 reads its files can never see a difference between our writer and Meta's. The facts below come from Meta,
 not from our writer:
 - the key order of Meta-Llama-3-8B's `consolidated.00.pth`, as `torch.load` lists it (naklecha's
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import llama3
-import make_checkpoint
+from llama3.tools import synthetic
 
 # torch.load(Meta-Llama-3-8B/original/consolidated.00.pth).keys(), the first 20: w3 comes before w2.
 META_8B_FIRST_20_KEYS = [
@@ -89,7 +89,7 @@ def test_expected_shapes_are_metas_8b_shapes():
 
 
 def test_our_writer_writes_metas_order(tmp_path):
-    path = make_checkpoint.write_checkpoint(tmp_path / "ck", make_checkpoint.PRESETS["gqa4"])
+    path = synthetic.write_checkpoint(tmp_path / "ck", synthetic.PRESETS["gqa4"])
     keys = list(torch.load(path / "consolidated.00.pth", mmap=True, weights_only=True))
     per_layer = [k.removeprefix("layers.1.") for k in keys if k.startswith("layers.1.")]
     assert per_layer == [k.removeprefix("layers.1.") for k in META_8B_FIRST_20_KEYS[10:19]]
@@ -154,7 +154,9 @@ def test_any_key_order_loads_and_gives_the_same_logits(demo, reordered, order):
     keys = list(torch.load(ck.path / "consolidated.00.pth", mmap=True, weights_only=True))
     assert keys != list(llama3.expected_shapes(ck.config))  # the order really differs
     token_ids = llama3.encode_prompt(ck.tokenizer, llama3.DEFAULT_PROMPT, ck.config)
-    assert torch.equal(llama3.forward(ck.weights, ck.config, token_ids), llama3.forward(demo.weights, demo.config, token_ids))
+    assert torch.equal(
+        llama3.forward(ck.weights, ck.config, token_ids), llama3.forward(demo.weights, demo.config, token_ids)
+    )
 
 
 def test_notebook_01_runs_on_a_file_in_another_order(reordered, tmp_path):
@@ -162,7 +164,7 @@ def test_notebook_01_runs_on_a_file_in_another_order(reordered, tmp_path):
     env = dict(os.environ, LLAMA3_DIR=str(reordered["reversed"]))
     env.pop("LLAMA3_PROMPT", None)
     result = subprocess.run(
-        [sys.executable, str(llama3.REPO_DIR / "scripts" / "run_notebooks.py"),
+        [sys.executable, str(llama3.REPO_DIR / "scripts" / "run" / "run_notebooks.py"),
          str(llama3.REPO_DIR / "notebooks" / "01_checkpoint.ipynb")],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

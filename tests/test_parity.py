@@ -13,6 +13,7 @@ import torch
 
 import llama3
 
+
 def assert_logits_match(ours: torch.Tensor, reference: torch.Tensor, config, dtype=torch.bfloat16) -> None:
     """[T, V] logits equal up to rounding (llama3.logits_tolerance), position by position, top-1 included."""
     assert ours.shape == reference.shape
@@ -148,9 +149,9 @@ def test_special_token_ids_are_metas_and_names_differ_only_where_releases_do(dem
 
 
 def test_checkpoint_release_picks_the_tokenizer(demo, random_checkpoints):
-    assert demo.release == "3" and llama3.tokenizer_release(demo.tokenizer) == "3"
+    assert demo.release == "3" and demo.tokenizer.release == "3"
     scaled = llama3.load_checkpoint(random_checkpoints["llama3.1"])
-    assert scaled.release == "3.1" and llama3.tokenizer_release(scaled.tokenizer) == "3.1"
+    assert scaled.release == "3.1" and scaled.tokenizer.release == "3.1"
 
 
 @pytest.mark.parametrize("text", TOKENIZER_SAMPLES)

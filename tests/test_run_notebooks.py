@@ -11,7 +11,7 @@ import llama3
 def test_runner_reports_the_answer(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("LLAMA3_DIR", "LLAMA3_PROMPT")}
     result = subprocess.run(
-        [sys.executable, str(llama3.REPO_DIR / "scripts" / "run_notebooks.py"),
+        [sys.executable, str(llama3.REPO_DIR / "scripts" / "run" / "run_notebooks.py"),
          str(llama3.REPO_DIR / "notebooks" / "09_all_layers.ipynb")],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Sharded checkpoints (scripts/write_shards.py) against Meta's own code.
+"""Sharded checkpoints (llama3.formats.meta) against Meta's own code.
 
 The yardsticks are Meta's: llama_models.checkpoint.reshard_mp (the function Meta's loader uses to
 merge model-parallel shards) must rebuild the single file from our shards; every shard must load
@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import llama3
-import make_checkpoint
 from conftest import PARITY_PRESETS
-from write_shards import reshard, shard_params, shard_shapes, write_meta_shards
+from llama3.formats.meta import shard_params, shard_shapes, write_meta_shards
+from llama3.tools import synthetic
 
-MAKE_CHECKPOINT = Path(__file__).resolve().parent.parent / "scripts" / "make_checkpoint.py"
+MAKE_CHECKPOINT = Path(__file__).resolve().parent.parent / "scripts" / "synthetic.py"
 
 # (preset, shard count) for every count of 2, 4, 8 that divides the preset's query heads (and so, here,
 # its vocabulary and FFN: Meta's model accepts them all); some counts make the writer repeat key/value heads.
@@ -29,7 +29,7 @@ CASES = [
     (name, n)
     for name in PARITY_PRESETS
     for n in (2, 4, 8)
-    if llama3.ModelConfig.from_params(make_checkpoint.PRESETS[name]).n_heads % n == 0
+    if llama3.ModelConfig.from_params(synthetic.PRESETS[name]).n_heads % n == 0
 ]
 
 
@@ -78,7 +78,7 @@ def sharded(random_checkpoints, tmp_path_factory):
     def get(name: str, n: int) -> Path:
         if (name, n) not in made:
             made[name, n] = root / f"{name}-{n}"
-            reshard(random_checkpoints[name], made[name, n], n)
+            llama3.reshard(random_checkpoints[name], made[name, n], n)
         return made[name, n]
 
     return get
@@ -148,7 +148,7 @@ def test_each_shard_loads_strictly_into_meta_rank(sharded, fake_model_parallel, 
         model.load_state_dict(shard, strict=True)  # the keys, and every shape fairscale gave this rank
 
 
-REPEATING = [(name, n) for name, n in CASES if llama3.ModelConfig.from_params(make_checkpoint.PRESETS[name]).n_kv_heads % n]
+REPEATING = [(name, n) for name, n in CASES if llama3.ModelConfig.from_params(synthetic.PRESETS[name]).n_kv_heads % n]
 
 
 @pytest.mark.parametrize("name,n", REPEATING)
@@ -187,7 +187,11 @@ def test_shard_counts_and_kv_heads_of_metas_releases():
     from llama_models.sku_list import resolve_model
 
     releases = [
-        "Llama-3-70B", "Llama3.1-70B", "Llama3.3-70B-Instruct", "Llama3.1-405B:bf16-mp8", "Llama3.1-405B:bf16-mp16",
+        "Llama-3-70B",
+        "Llama3.1-70B",
+        "Llama3.3-70B-Instruct",
+        "Llama3.1-405B:bf16-mp8",
+        "Llama3.1-405B:bf16-mp16",
     ]
     for descriptor in releases:
         model = resolve_model(descriptor)
@@ -219,11 +223,12 @@ def test_shard_shapes_at_full_size_are_metas(fake_model_parallel, monkeypatch, d
 @pytest.mark.parametrize("name,n", [("gqa4", 3), ("gqa2", 4), ("mha", 8)])
 def test_refuses_a_count_that_does_not_divide_the_heads(random_checkpoints, tmp_path, name, n):
     with pytest.raises(llama3.CheckpointError, match=f"query heads into {n} shards"):
-        reshard(random_checkpoints[name], tmp_path / "out", n)
+        llama3.reshard(random_checkpoints[name], tmp_path / "out", n)
     assert not list(tmp_path.glob("out/*"))
     run = subprocess.run(
         [sys.executable, str(MAKE_CHECKPOINT), str(tmp_path / "cli"), "--preset", name, "--shards", str(n)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert f"into {n} shards" in run.stderr and "Choose a shard count that divides" in run.stderr
@@ -231,23 +236,24 @@ def test_refuses_a_count_that_does_not_divide_the_heads(random_checkpoints, tmp_
 
 def test_refuses_an_already_sharded_source_and_stale_shards(sharded, tmp_path):
     with pytest.raises(llama3.CheckpointError, match="already sharded"):
-        reshard(sharded("gqa4", 2), tmp_path / "out", 4)
+        llama3.reshard(sharded("gqa4", 2), tmp_path / "out", 4)
     with pytest.raises(llama3.CheckpointError, match="consolidated.03.pth"):  # readers would count 4 shards
-        reshard(llama3.DEMO_DIR, sharded("gqa4", 4), 2)
+        llama3.reshard(llama3.DEMO_DIR, sharded("gqa4", 4), 2)
 
 
 @pytest.mark.parametrize("n", [2, 4])
-def test_demo_in_shards_is_the_single_file(demo, tmp_path, n):
-    written = reshard(llama3.DEMO_DIR, tmp_path, n)
+def test_demo_in_shards_is_the_single_file(demo, demo_shards, n):
+    shards_dir = demo_shards / f"demo-{n}"
+    written = json.loads((shards_dir / "params.json").read_text())
     single = load(llama3.DEMO_DIR / "consolidated.00.pth")
     params = json.loads((llama3.DEMO_DIR / "params.json").read_text())
-    merged = meta_merge(load_shards(tmp_path))
+    merged = meta_merge(load_shards(shards_dir))
     want = expected_merge(single, params, written)
     assert all(torch.equal(merged[k], want[k]) for k in want)
     if n <= demo.config.n_kv_heads:  # nothing repeated: Meta's own split of the file gives the same shards
         from llama_models.checkpoint import reshard_mp
 
-        for rank, shard in enumerate(load_shards(tmp_path)):
+        for rank, shard in enumerate(load_shards(shards_dir)):
             metas = reshard_mp([single], size=n, rank=rank, repeat_qk_qv=1)
             assert all(torch.equal(shard[k], metas[k]) for k in single)
 
@@ -255,12 +261,24 @@ def test_demo_in_shards_is_the_single_file(demo, tmp_path, n):
 def test_random_shards_are_the_random_single_file_split(tmp_path):
     """--shards N with a preset draws the same numbers as the single file with the same seed."""
     subprocess.run(
-        [sys.executable, str(MAKE_CHECKPOINT), str(tmp_path / "sharded"), "--preset", "llama3.2-tied",
-         "--shards", "4", "--seed", "5", "--embedding-scale", "4"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            str(MAKE_CHECKPOINT),
+            str(tmp_path / "sharded"),
+            "--preset",
+            "llama3.2-tied",
+            "--shards",
+            "4",
+            "--seed",
+            "5",
+            "--embedding-scale",
+            "4",
+        ],
+        check=True,
+        capture_output=True,
     )
-    single_dir = make_checkpoint.write_checkpoint(
-        tmp_path / "single", make_checkpoint.PRESETS["llama3.2-tied"], seed=5, embedding_scale=4.0, tied=True
+    single_dir = synthetic.write_checkpoint(
+        tmp_path / "single", synthetic.PRESETS["llama3.2-tied"], seed=5, embedding_scale=4.0, tied=True
     )
     single = load(single_dir / "consolidated.00.pth")
     params = json.loads((single_dir / "params.json").read_text())
@@ -295,15 +313,14 @@ def assert_logits_match_model_parallel(ours: torch.Tensor, reference: torch.Tens
 
 
 @pytest.mark.parametrize("n", [2, 4])
-def test_meta_model_parallel_from_shards_gives_the_single_process_logits(demo, tmp_path, n):
+def test_meta_model_parallel_from_shards_gives_the_single_process_logits(demo, demo_shards, tmp_path, n):
     """Meta's Transformer in N processes (gloo), each rank loading its own file with Meta's loader and
     strict=True, against Meta's Transformer in one process on the single file. With 4 shards the demo's
     2 key/value heads are each repeated on two ranks."""
-    reshard(llama3.DEMO_DIR, tmp_path, n)
     token_ids = llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
-    from test_tensor_parallel import meta_reference  # scripts/run_tp_reference.py under torchrun
+    from test_tensor_parallel import meta_reference  # llama3.tools.tp_reference under torchrun
 
-    parallel = meta_reference(tmp_path, n, tmp_path / "meta.pt")
+    parallel = meta_reference(demo_shards / f"demo-{n}", n, tmp_path / "meta.pt")
     single = llama3.meta_reference_logits(demo, token_ids)
     assert_logits_match_model_parallel(parallel, single, demo.config, n)
     assert int(parallel[-1].argmax()) == 2983  # "42"

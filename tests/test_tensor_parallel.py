@@ -1,9 +1,9 @@
-"""Tensor parallelism across processes (llama3.parallel, scripts/run_tp.py), launched the way it runs for real:
+"""Tensor parallelism across processes (llama3.parallel, scripts/run/run_tp.py), launched the way it runs for real:
 torchrun starting one process per shard, talking over torch.distributed (gloo on this CPU).
 
 Each run's logits (saved by rank 0) must equal the one-process forward pass on the single file within
 llama3.logits_tolerance, and Meta's reference Transformer run model-parallel over the same shards
-(scripts/run_tp_reference.py: fairscale, one process per shard). Faults must end every process within
+(llama3.tools.tp_reference: fairscale, one process per shard). Faults must end every process within
 seconds, with one message from rank 0 and no traceback.
 """
 
@@ -21,11 +21,11 @@ import pytest
 import torch
 
 import llama3
-import make_checkpoint
+from llama3.tools import synthetic
 
 REPO = Path(__file__).resolve().parent.parent
-RUN_TP = REPO / "scripts" / "run_tp.py"
-REFERENCE = REPO / "scripts" / "run_tp_reference.py"
+RUN_TP = REPO / "scripts" / "run" / "run_tp.py"
+REFERENCE = ["-m", "llama3.tools.tp_reference"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 NEW_TOKENS = 8
 
@@ -64,7 +64,9 @@ def run(cmd, ckpt_dir, timeout=120, **extra) -> tuple[subprocess.CompletedProces
     """Run a launch to its end; returns it and its wall time, after checking that none of its processes is left."""
     tag = uuid.uuid4().hex
     started = time.monotonic()
-    done = subprocess.run(cmd, env=launch_env(ckpt_dir, tag, **extra), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    done = subprocess.run(
+        cmd, env=launch_env(ckpt_dir, tag, **extra), capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
     elapsed = time.monotonic() - started
     assert_all_gone(tag)
     return done, elapsed
@@ -78,7 +80,7 @@ def torchrun_tp(ckpt_dir, n, out: Path, **extra):
 
 
 def meta_reference(ckpt_dir, n, out: Path) -> torch.Tensor:
-    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", str(n), str(REFERENCE), str(ckpt_dir), str(out)]
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", str(n), *REFERENCE, str(ckpt_dir), str(out)]
     done, _ = run(cmd, ckpt_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(out, weights_only=True)["logits"]
@@ -98,13 +100,17 @@ def assert_same_generation(result, reference: llama3.Generation, config) -> None
     tolerance = llama3.logits_tolerance(config)
     assert len(result["generated_ids"]) == len(reference.token_ids)
     for step, (token, expected) in enumerate(zip(result["generated_ids"], reference.token_ids)):
-        assert llama3.same_prediction(result["step_logits"][step], reference.step_logits[step], tolerance), f"step {step}"
+        assert llama3.same_prediction(result["step_logits"][step], reference.step_logits[step], tolerance), (
+            f"step {step}"
+        )
         if token != expected:
             break  # from here on the two continue different sequences
 
 
 @pytest.mark.parametrize("n", [1, 2, 4])
-def test_tensor_parallel_equals_one_process_and_metas_model_parallel(demo, demo_shards, demo_prompt, demo_logits, tmp_path, n):
+def test_tensor_parallel_equals_one_process_and_metas_model_parallel(
+    demo, demo_shards, demo_prompt, demo_logits, tmp_path, n
+):
     result, done = torchrun_tp(demo_shards / f"demo-{n}", n, tmp_path / "tp.pt")
     logits = result["logits"]
     assert result["token_ids"] == demo_prompt and logits.shape == (len(demo_prompt), demo.config.vocab_size)
@@ -122,11 +128,20 @@ def test_tensor_parallel_equals_one_process_and_metas_model_parallel(demo, demo_
     assert_same_predictions(logits, meta_reference(demo_shards / f"demo-{n}", n, tmp_path / "meta.pt"), demo.config)
     # greedy generation with each rank's cache: the one-process generation on the same demo_shards, token for token
     stop_ids = llama3.stop_token_ids(demo.tokenizer)
-    assert result["generated_ids"] == llama3.generate(sharded.weights, sharded.config, demo_prompt, NEW_TOKENS, stop_ids).token_ids
+    assert (
+        result["generated_ids"]
+        == llama3.generate(sharded.weights, sharded.config, demo_prompt, NEW_TOKENS, stop_ids).token_ids
+    )
     # and the single file's, up to a tie in its bfloat16 logits that rounding breaks either way
-    assert_same_generation(result, llama3.generate(demo.weights, demo.config, demo_prompt, NEW_TOKENS, stop_ids), demo.config)
+    assert_same_generation(
+        result, llama3.generate(demo.weights, demo.config, demo_prompt, NEW_TOKENS, stop_ids), demo.config
+    )
     summary = json.loads((tmp_path / "tp.json").read_text())
-    assert summary["top5"][0] == {"id": 2983, "text": "42", "probability": pytest.approx(float(torch.softmax(logits[-1], -1).max()))}
+    assert summary["top5"][0] == {
+        "id": 2983,
+        "text": "42",
+        "probability": pytest.approx(float(torch.softmax(logits[-1], -1).max())),
+    }
     assert summary["token_ids"] == demo_prompt and summary["processes"] == n
     assert {"model_dir", "prompt", "seconds", "token_ids", "top5"} <= set(summary)
     assert "'42'" in done.stdout and done.stdout.count("top 5 next tokens") == 1  # rank 0 alone prints
@@ -145,7 +160,11 @@ def two_nodes(node_dirs, rendezvous: list[str], tmp_path) -> list[subprocess.Com
     for node, ckpt_dir in enumerate(node_dirs):
         cmd = [*TORCHRUN, "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1", *rendezvous, str(RUN_TP)]
         cmd += ["--save-logits", str(tmp_path / f"node{node}.pt"), "--summary", str(tmp_path / f"node{node}.json")]
-        launches.append(subprocess.Popen(cmd, env=launch_env(ckpt_dir, tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO))
+        launches.append(
+            subprocess.Popen(
+                cmd, env=launch_env(ckpt_dir, tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+            )
+        )
     results = []
     for p in launches:
         out, err = p.communicate(timeout=120)
@@ -159,7 +178,9 @@ def two_nodes(node_dirs, rendezvous: list[str], tmp_path) -> list[subprocess.Com
 def test_two_nodes_over_loopback_c10d(demo_shards, demo, demo_prompt, demo_logits, tmp_path):
     """torchrun's c10d rendezvous, as on two machines (it hands out ranks in its own order: both see every shard)."""
     port = free_port()
-    two_nodes([demo_shards / "demo-2"] * 2, ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"], tmp_path)
+    two_nodes(
+        [demo_shards / "demo-2"] * 2, ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"], tmp_path
+    )
     saved = [tmp_path / f"node{i}.pt" for i in range(2) if (tmp_path / f"node{i}.pt").exists()]
     assert len(saved) == 1  # rank 0, on whichever node it landed
     logits = torch.load(saved[0], weights_only=True)["logits"]
@@ -189,8 +210,13 @@ def test_two_nodes_each_with_only_its_own_shard(demo_shards, demo, demo_logits, 
 
 
 def launch_tp(ckpt_dir, n, **extra):
-    """`python scripts/run_tp.py --nproc-per-node N`, as `make run-tp` runs it."""
-    return run([sys.executable, str(RUN_TP), "--nproc-per-node", str(n), "--summary", os.devnull], ckpt_dir, timeout=90, **extra)
+    """`python scripts/run/run_tp.py --nproc-per-node N`, as `make run-tp` runs it."""
+    return run(
+        [sys.executable, str(RUN_TP), "--nproc-per-node", str(n), "--summary", os.devnull],
+        ckpt_dir,
+        timeout=90,
+        **extra,
+    )
 
 
 def assert_one_message(done, *fragments):
@@ -213,7 +239,9 @@ def test_a_missing_shard_is_named_by_rank_0(demo_shards, tmp_path):
 @pytest.mark.parametrize("shard_count, processes", [(4, 2), (2, 4)])
 def test_a_process_count_other_than_the_shard_count(demo_shards, shard_count, processes):
     done, elapsed = launch_tp(demo_shards / f"demo-{shard_count}", processes)
-    assert_one_message(done, f"is one of {shard_count} shards", f"started {processes} processes", f"--nproc-per-node {shard_count}")
+    assert_one_message(
+        done, f"is one of {shard_count} shards", f"started {processes} processes", f"--nproc-per-node {shard_count}"
+    )
     assert elapsed < 30
 
 
@@ -249,9 +277,9 @@ def test_a_rank_that_stops_answering_times_out(demo_shards):
 @pytest.mark.skipif(not os.environ.get("LLAMA3_TEST_TP8"), reason="eight processes: run with `make test-tp8`")
 def test_tp8_eight_shards_of_gqa4(tmp_path):
     """8 query heads and 2 key/value heads in 8 shards: one query head per rank, each key/value head stored 4 times."""
-    single = make_checkpoint.write_checkpoint(tmp_path / "gqa4", make_checkpoint.PRESETS["gqa4"], seed=3, embedding_scale=4.0)
+    single = synthetic.write_checkpoint(tmp_path / "gqa4", synthetic.PRESETS["gqa4"], seed=3, embedding_scale=4.0)
     ck = llama3.load_checkpoint(single)
-    llama3.write_meta_shards(ck, tmp_path / "gqa4-8", 8)
+    llama3.reshard(ck, tmp_path / "gqa4-8", 8)
     prompt = llama3.encode_prompt(ck.tokenizer, llama3.DEFAULT_PROMPT, ck.config)
     result, _ = torchrun_tp(tmp_path / "gqa4-8", 8, tmp_path / "tp.pt")
     single_logits = llama3.forward(ck.weights, ck.config, prompt)
@@ -260,4 +288,7 @@ def test_tp8_eight_shards_of_gqa4(tmp_path):
     stop_ids = llama3.stop_token_ids(ck.tokenizer)
     assert_same_generation(result, llama3.generate(ck.weights, ck.config, prompt, NEW_TOKENS, stop_ids), ck.config)
     sharded = llama3.load_checkpoint(tmp_path / "gqa4-8")
-    assert result["generated_ids"] == llama3.generate(sharded.weights, sharded.config, prompt, NEW_TOKENS, stop_ids).token_ids
+    assert (
+        result["generated_ids"]
+        == llama3.generate(sharded.weights, sharded.config, prompt, NEW_TOKENS, stop_ids).token_ids
+    )

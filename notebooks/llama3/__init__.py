@@ -1,41 +1,334 @@
 """Llama 3 inference from scratch: the compact version of every step the notebooks derive.
 
-The sections follow the notebooks in reading order. Each notebook works a step out one
-tensor at a time, checks its result against the function here, and later notebooks call
-the function instead of repeating the derivation.
+Each notebook works a step out one tensor at a time, checks its result against the function here, and
+later notebooks call the function instead of repeating the derivation.
 
-Tensors keep Meta's layout and precision: weights stay bfloat16 and memory-mapped, the
-matmuls run in the weights' dtype, and RMSNorm, RoPE and softmax run in float32, exactly
-where Meta's reference implementation (`llama_models.llama3.model`) does.
+Tensors keep Meta's layout and precision: weights stay bfloat16 and memory-mapped, the matmuls run in
+the weights' dtype, and RMSNorm, RoPE and softmax run in float32, exactly where Meta's reference
+implementation (`llama_models.llama3.model`) does.
 
-Shapes in comments: T = tokens, D = dim, H = query heads, K = key/value heads,
-d = head_dim, F = FFN hidden size, V = vocabulary.
+Shapes in comments: T = tokens, D = dim, H = query heads, K = key/value heads, d = head_dim,
+F = FFN hidden size, V = vocabulary.
 
-One file per concern, in the order the notebooks derive them:
+The modules form layers; each imports only from the layers below it (pyproject.toml's import contract,
+checked by `make test`):
 
-- config.py       01  params.json as a ModelConfig, the releases, the errors for bad input
-- tokens.py       02  the tokenizer and the prompt
-- checkpoint.py   01  Meta's files checked and memory-mapped; shapes beside 8B's
-- layouts.py      01, 05, 17  Meta's model-parallel shards and Hugging Face's safetensors, used in place
-- model.py        03-09  embeddings, RMSNorm, heads, RoPE, attention, the feed-forward network, forward
-- inspection.py   10-11  attention weights kept per layer, head scores, the logit lens
-- generation.py   12-13  generation with a key/value cache, sampling, tolerances, chat
-- family.py       14  the releases' params
-- reference.py    09 and the tests: Meta's reference implementation as the yardstick
-- fast.py         19  the weights' pages mapped up front (the matmul kernel is matmul_kernel.py)
-- parallel.py     18  one shard per process over torch.distributed (and scripts/run_tp.py)
+    parallel, reference          tensor parallelism over torch.distributed; Meta's and Hugging Face's models
+    checkpoint                   which layout a folder holds, loaded whole; writing it in another layout
+    formats.meta, .huggingface   each file format's reader and writer
+    generation, inspection       the key/value cache loop, sampling, chat; attention maps, the logit lens
+    model, tokens                the forward pass (model.py reads like Meta's); the tokenizer
+    weights, pages, kernel       stored weights and the one `linear`; pages mapped up front; the bf16 kernel
+    shapes, compare, config      every tensor's shape; what a failed check says; params.json, releases, errors
 
-`import llama3` gives every public name of them all, so notebooks write `llama3.forward(...)`.
+Beside them, outside the layers: plots and explorer (the notebooks' figures and widgets) and tools/
+(the command-line programs under scripts/: writers, training, runners, benchmarks).
+
+`import llama3` gives the names in __all__, so notebooks write `llama3.forward(...)`.
 """
 
-from .config import *  # noqa: F401,F403
-from .tokens import *  # noqa: F401,F403
-from .fast import *  # noqa: F401,F403
-from .checkpoint import *  # noqa: F401,F403
-from .layouts import *  # noqa: F401,F403
-from .model import *  # noqa: F401,F403
-from .inspection import *  # noqa: F401,F403
-from .generation import *  # noqa: F401,F403
-from .family import *  # noqa: F401,F403
-from .reference import *  # noqa: F401,F403
-from .parallel import *  # noqa: F401,F403
+from .checkpoint import (
+    LAYOUTS,
+    Checkpoint,
+    checkpoint_layout,
+    describe,
+    layout_text,
+    load_checkpoint,
+    map_file,
+    params_of,
+    pick_device,
+    reshard,
+    to_hugging_face,
+    tokenizer_model_file,
+)
+from .compare import mismatch
+from .config import (
+    DEFAULT_PROMPT,
+    DEMO_DIR,
+    DEMO_HF_DIR,
+    FAMILY_PARAMS,
+    LLAMA3_8B,
+    LLAMA3_8B_PARAMS,
+    META_TOKENIZER_SHA256,
+    RELEASES,
+    REPO_DIR,
+    ROPE_HIGH_FREQ_FACTOR,
+    ROPE_LOW_FREQ_FACTOR,
+    ROPE_ORIGINAL_CONTEXT,
+    ROPE_SCALE_FACTOR,
+    ROPE_SCALE_FACTORS,
+    SHARD_COUNTS,
+    SHARDED_PARAMS,
+    CheckpointError,
+    Llama3InputError,
+    ModelConfig,
+    PromptError,
+    checkpoint_dir,
+    new_token_limit,
+    progress_bar,
+    prompt_text,
+    release_from_params,
+    same_model,
+    sha256_of,
+)
+from .formats.meta import kv_head_copies, load_weights, read_params, read_pth, shard_files, split_dim_of
+from .generation import (
+    STOP_TOKENS,
+    Generation,
+    encode_dialog,
+    encode_header,
+    encode_message,
+    generate,
+    logits_tolerance,
+    same_prediction,
+    sample_next_token,
+    stop_token_ids,
+    top_p_filter,
+)
+from .inspection import (
+    ANSWER_WORDS,
+    ECHO_PERIOD,
+    ECHO_PROMPT,
+    ECHO_SPAN,
+    LayerTrace,
+    attention_from_last,
+    attention_weights,
+    copy_accuracy,
+    first_top1,
+    head_scores,
+    induction_scores,
+    lens_ranks,
+    logit_lens,
+    previous_token_scores,
+    sink_scores,
+    token_rank,
+    trace_layers,
+    word_positions,
+)
+from .model import (
+    KVCache,
+    LayerCache,
+    LayerWeights,
+    apply_rope,
+    attend,
+    attention,
+    attention_probs,
+    causal_mask,
+    embed,
+    feed_forward,
+    forward,
+    head_qkv,
+    layer_weights,
+    output_logits,
+    project_heads,
+    rms_norm,
+    rope_freqs_cis,
+    rope_frequencies,
+    scale_rope_frequencies,
+    top_k_tokens,
+    transformer_layer,
+)
+from .pages import map_weights, memory_limit
+from .parallel import (
+    DUMP_MAPS_ENV,
+    FAIL_AT_ENV,
+    RankShard,
+    all_reduce_partial_sums,
+    cache_bytes,
+    dump_maps,
+    exchange_errors,
+    first_error,
+    init_tensor_parallel,
+    load_rank_shard,
+    time_collectives,
+    tp_forward,
+    tp_generate,
+    tp_timeout,
+    tp_transformer_layer,
+    vocab_parallel_embed,
+    vocab_parallel_logits,
+)
+from .reference import (
+    meta_reference_logits,
+    meta_reference_model,
+    reference_fits,
+    transformers_logits,
+    transformers_model,
+)
+from .shapes import expected_shapes, named_shape, parameter_count, shape_from_names, shapes_beside_8b
+from .tokens import (
+    SPLIT_PATTERN,
+    Tokenizer,
+    bpe_merge,
+    encode_prompt,
+    hf_special_token_names,
+    load_tokenizer,
+    meta_tokenizer_model,
+    read_bpe_ranks,
+    special_token_names,
+    special_tokens_in_order,
+    token_texts,
+    tokenizer_from_json,
+)
+from .weights import (
+    RowPermutedWeight,
+    ShardedWeight,
+    StoredWeight,
+    count_parameters,
+    linear,
+    output_is_tied,
+    rope_row_permutation,
+    split_heads,
+    stored_tensors,
+    weight_rows,
+)
+
+__all__ = [
+    "all_reduce_partial_sums",
+    "ANSWER_WORDS",
+    "apply_rope",
+    "attend",
+    "attention",
+    "attention_from_last",
+    "attention_probs",
+    "attention_weights",
+    "bpe_merge",
+    "cache_bytes",
+    "dump_maps",
+    "DUMP_MAPS_ENV",
+    "exchange_errors",
+    "FAIL_AT_ENV",
+    "first_error",
+    "causal_mask",
+    "Checkpoint",
+    "checkpoint_dir",
+    "checkpoint_layout",
+    "CheckpointError",
+    "copy_accuracy",
+    "count_parameters",
+    "DEFAULT_PROMPT",
+    "DEMO_DIR",
+    "DEMO_HF_DIR",
+    "describe",
+    "ECHO_PERIOD",
+    "ECHO_PROMPT",
+    "ECHO_SPAN",
+    "embed",
+    "encode_dialog",
+    "encode_header",
+    "encode_message",
+    "encode_prompt",
+    "expected_shapes",
+    "FAMILY_PARAMS",
+    "feed_forward",
+    "first_top1",
+    "forward",
+    "generate",
+    "Generation",
+    "head_qkv",
+    "head_scores",
+    "hf_special_token_names",
+    "induction_scores",
+    "init_tensor_parallel",
+    "kv_head_copies",
+    "KVCache",
+    "layer_weights",
+    "LayerCache",
+    "LayerTrace",
+    "LayerWeights",
+    "layout_text",
+    "LAYOUTS",
+    "lens_ranks",
+    "linear",
+    "LLAMA3_8B",
+    "LLAMA3_8B_PARAMS",
+    "Llama3InputError",
+    "load_checkpoint",
+    "load_rank_shard",
+    "load_tokenizer",
+    "load_weights",
+    "logit_lens",
+    "logits_tolerance",
+    "map_file",
+    "map_weights",
+    "memory_limit",
+    "meta_reference_logits",
+    "meta_reference_model",
+    "meta_tokenizer_model",
+    "mismatch",
+    "META_TOKENIZER_SHA256",
+    "ModelConfig",
+    "named_shape",
+    "new_token_limit",
+    "output_is_tied",
+    "output_logits",
+    "parameter_count",
+    "params_of",
+    "pick_device",
+    "previous_token_scores",
+    "progress_bar",
+    "project_heads",
+    "prompt_text",
+    "PromptError",
+    "RankShard",
+    "read_bpe_ranks",
+    "read_params",
+    "read_pth",
+    "reference_fits",
+    "release_from_params",
+    "RELEASES",
+    "REPO_DIR",
+    "reshard",
+    "rms_norm",
+    "rope_freqs_cis",
+    "rope_frequencies",
+    "ROPE_HIGH_FREQ_FACTOR",
+    "ROPE_LOW_FREQ_FACTOR",
+    "ROPE_ORIGINAL_CONTEXT",
+    "rope_row_permutation",
+    "ROPE_SCALE_FACTOR",
+    "ROPE_SCALE_FACTORS",
+    "RowPermutedWeight",
+    "same_model",
+    "same_prediction",
+    "sample_next_token",
+    "scale_rope_frequencies",
+    "sha256_of",
+    "shape_from_names",
+    "shapes_beside_8b",
+    "SHARD_COUNTS",
+    "shard_files",
+    "SHARDED_PARAMS",
+    "ShardedWeight",
+    "sink_scores",
+    "special_token_names",
+    "special_tokens_in_order",
+    "split_dim_of",
+    "split_heads",
+    "SPLIT_PATTERN",
+    "stop_token_ids",
+    "STOP_TOKENS",
+    "stored_tensors",
+    "StoredWeight",
+    "time_collectives",
+    "to_hugging_face",
+    "token_rank",
+    "token_texts",
+    "Tokenizer",
+    "tokenizer_from_json",
+    "tokenizer_model_file",
+    "top_k_tokens",
+    "top_p_filter",
+    "tp_forward",
+    "tp_generate",
+    "tp_timeout",
+    "tp_transformer_layer",
+    "trace_layers",
+    "transformer_layer",
+    "transformers_logits",
+    "transformers_model",
+    "vocab_parallel_embed",
+    "vocab_parallel_logits",
+    "weight_rows",
+    "word_positions",
+]

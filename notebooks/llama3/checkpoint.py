@@ -1,19 +1,25 @@
-"""The checkpoint (notebook 01): Meta's files checked and memory-mapped, shapes with names, beside 8B's."""
+"""The checkpoint (notebook 01): which layout a folder holds, read by its format module, checked, and held
+together with its config and tokenizer; one line that names it."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .config import *  # noqa: F401,F403
-from .tokens import *  # noqa: F401,F403
-from .fast import *  # noqa: F401,F403
+from .config import DEMO_DIR, REPO_DIR, CheckpointError, ModelConfig, checkpoint_dir
+from .formats import huggingface, meta
+from .pages import map_weights
+from .tokens import (
+    Tokenizer,
+    load_tokenizer,
+    meta_tokenizer_model,
+    release_of_special_tokens,
+    special_token_names,
+    special_tokens_in_order,
+)
 
 
 def pick_device() -> tuple[torch.device, torch.dtype]:
@@ -30,20 +36,6 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return device, torch.float16  # pre-Ampere GPUs
     return device, torch.bfloat16
-
-
-def checkpoint_dir(path: str | os.PathLike | None = None) -> Path:
-    """The checkpoint to read: `path`, else $LLAMA3_DIR, else the demo checkpoint."""
-    if path is None:
-        path = os.environ.get("LLAMA3_DIR") or DEMO_DIR
-    return Path(path).expanduser()
-
-
-def prompt_text(prompt: str | None = None) -> str:
-    """The prompt to run: `prompt`, else $LLAMA3_PROMPT, else the default question."""
-    if prompt is None:
-        prompt = os.environ.get("LLAMA3_PROMPT", DEFAULT_PROMPT)
-    return prompt
 
 
 LAYOUTS = ("meta", "meta-sharded", "huggingface")
@@ -100,113 +92,12 @@ def checkpoint_layout(ckpt_dir: Path) -> str:
     )
 
 
-def check_checkpoint_dir(ckpt_dir: Path) -> None:
-    """Fail early, with the fix, on a folder that holds none of the layouts checkpoint_layout reads."""
-    checkpoint_layout(ckpt_dir)
-
-
-def read_json(path: Path):
-    """A checkpoint's JSON file (params.json, config.json), or one message naming it and the fix."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not readable JSON ({e}). Download {path.name} again.") from None
-
-
-def read_params(ckpt_dir: Path, release: str | None = None) -> ModelConfig:
-    path = ckpt_dir / "params.json"
-    params = read_json(path)
-    if not isinstance(params, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object. Download params.json again.")
-    missing = [k for k in PARAMS_REQUIRED if k not in params]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}. Download params.json again from the same release.")
-    if params["vocab_size"] in (-1, 32000) or "rope_theta" not in params:
-        raise CheckpointError(
-            f"{path} describes a Llama 2 model (vocab_size {params['vocab_size']}, no rope_theta). "
-            "This walkthrough needs a Llama 3 checkpoint such as Meta-Llama-3-8B."
-        )
-    try:
-        config = ModelConfig.from_params(params, release)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} has a value of the wrong type ({e}). Download params.json again.") from None
-    if config.dim % config.n_heads or config.n_heads % config.n_kv_heads or config.head_dim % 2:
-        raise CheckpointError(
-            f"{path}: dim {config.dim}, n_heads {config.n_heads} and n_kv_heads {config.n_kv_heads} do not "
-            "divide into whole, even-sized heads. Download params.json again from the same release."
-        )
-    return config
-
-
-def expected_shapes(config: ModelConfig, tied_output: bool = False) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a Meta-format checkpoint with this config, by key, in the order Meta's files list them.
-
-    Nothing depends on that order: `load_weights` checks a file key by key, and writers
-    use this order only so their files look like Meta's.
-    """
-    D, V, F = config.dim, config.vocab_size, config.ffn_hidden_dim
-    kv = config.n_kv_heads * config.head_dim
-    shapes = {"tok_embeddings.weight": (V, D)}
-    for i in range(config.n_layers):
-        p = f"layers.{i}."
-        shapes |= {
-            p + "attention.wq.weight": (D, D),
-            p + "attention.wk.weight": (kv, D),
-            p + "attention.wv.weight": (kv, D),
-            p + "attention.wo.weight": (D, D),
-            p + "feed_forward.w1.weight": (F, D),
-            p + "feed_forward.w3.weight": (F, D),  # w3 before w2, as in Meta's files
-            p + "feed_forward.w2.weight": (D, F),
-            p + "attention_norm.weight": (D,),
-            p + "ffn_norm.weight": (D,),
-        }
-    shapes["norm.weight"] = (D,)
-    if not tied_output:
-        shapes["output.weight"] = (V, D)
-    return shapes
-
-
-def read_pth(path: Path) -> dict[str, torch.Tensor]:
-    """A consolidated.NN.pth memory-mapped, with weights_only: a checkpoint is data; never run code from it."""
-    try:
-        weights = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # torch raises many kinds for a damaged zip
-        raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
-            "It is probably truncated or corrupt: compare its size and checksum with the download and fetch it again."
-        ) from None
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"{path} does not hold a dict of tensors. Download {path.name} again.")
-    return weights
-
-
-def load_weights(ckpt_dir: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
-    """consolidated.00.pth memory-mapped: tensors are read from disk only when touched."""
-    path = ckpt_dir / "consolidated.00.pth"
-    weights = read_pth(path)
-    not_bf16 = [k for k, t in weights.items() if isinstance(t, torch.Tensor) and t.dtype != torch.bfloat16]
-    if not_bf16:
-        raise CheckpointError(
-            f"{path}: {not_bf16[0]} is {weights[not_bf16[0]].dtype}, but Meta's checkpoints hold bfloat16 only. "
-            "This file was converted by other code; use Meta's original consolidated.00.pth."
-        )
-    tied = "output.weight" not in weights  # a file without output.weight reuses the embedding matrix
-    from .layouts import check_shard  # the whole model is one shard of one
-
-    check_shard(path, weights, expected_shapes(config, tied_output=tied), 1, ckpt_dir / "params.json")
-    if tied:
-        weights["output.weight"] = weights["tok_embeddings.weight"]
-    return weights
-
-
-
-
 @dataclass
 class Checkpoint:
     path: Path
     config: ModelConfig
-    weights: dict[str, torch.Tensor]  # by Meta's names; in other layouts some are layouts.StoredWeight
-    tokenizer: "tiktoken.Encoding"  # noqa: F821
+    weights: dict[str, torch.Tensor]  # by Meta's names; in other layouts some are weights.StoredWeight
+    tokenizer: Tokenizer
     layout: str = "meta"  # see checkpoint_layout
     files: tuple[Path, ...] = ()  # the weight files read
     tokenizer_file: Path | None = None  # tokenizer.model, or Hugging Face's tokenizer.json
@@ -226,20 +117,24 @@ def load_checkpoint(
     """Checked checkpoint: config, weights and tokenizer together.
 
     On the CPU the weights stay memory-mapped bfloat16; on a GPU they are copied to it once.
-    `device` defaults to pick_device(). `release` ("3", "3.1" or "3.2") defaults to $LLAMA3_RELEASE,
-    else it is told from params.json (release_from_params); it picks the RoPE scale factor and
-    the tokenizer's special-token names, stop tokens and chat rules.
+    `device` defaults to pick_device().
+
+    The release ("3", "3.1" or "3.2") is decided here, once: `release`, else $LLAMA3_RELEASE, else what
+    params.json (release_from_params) or config.json (its rope_scaling) says. Everything that differs
+    between releases follows it: the RoPE scale factor, the context length, and through the tokenizer
+    (Tokenizer.release) the special tokens, stop tokens and chat rules. Where the tokenizer file names its
+    special tokens as another release does (a tokenizer.json with Llama 3's names beside a 3.1
+    config.json), the names are only names: the ids are the same in every release, and the
+    checkpoint's release decides what they mean (describe says so).
     """
     ckpt_dir = checkpoint_dir(path)
     layout = checkpoint_layout(ckpt_dir)
     release = release or os.environ.get("LLAMA3_RELEASE") or None
-    from . import layouts  # the other layouts, notebook 17
-
     if layout == "huggingface":
-        config = layouts.read_hf_config(ckpt_dir, release)
-        tokenizer, tokenizer_path = layouts.load_hf_tokenizer(ckpt_dir, config.release)
+        config, tied = huggingface.read_hf_config(ckpt_dir, release)
+        tokenizer, tokenizer_path = huggingface.load_hf_tokenizer(ckpt_dir, config.release)
     else:
-        config = read_params(ckpt_dir, release)
+        config = meta.read_params(ckpt_dir, release)
         tokenizer_path = ckpt_dir / "tokenizer.model"
         tokenizer = load_tokenizer(tokenizer_path, config.release)
     if tokenizer.n_vocab != config.vocab_size:
@@ -248,13 +143,12 @@ def load_checkpoint(
             f"{config.vocab_size}. Use the tokenizer that came with this checkpoint."
         )
     if layout == "meta":
-        weights, files = load_weights(ckpt_dir, config), (ckpt_dir / "consolidated.00.pth",)
+        weights, files = meta.load_weights(ckpt_dir, config), (ckpt_dir / "consolidated.00.pth",)
     elif layout == "meta-sharded":
-        weights, files = layouts.load_sharded_weights(ckpt_dir, config), tuple(layouts.shard_files(ckpt_dir))
+        weights, files = meta.load_sharded_weights(ckpt_dir, config), tuple(meta.shard_files(ckpt_dir))
     else:
-        tie = layouts.read_hf_tie(ckpt_dir)
-        weights = layouts.load_hf_weights(ckpt_dir, config, tie)
-        files = tuple(sorted(set(layouts.hf_weight_files(ckpt_dir).values())))
+        weights = huggingface.load_hf_weights(ckpt_dir, config, tied)
+        files = tuple(sorted(set(huggingface.hf_weight_files(ckpt_dir).values())))
     device, dtype = pick_device() if device is None else (torch.device(device), torch.bfloat16)
     if device.type != "cpu" or dtype != torch.bfloat16:
         on_device = {}  # keep a tied output matrix shared
@@ -264,89 +158,8 @@ def load_checkpoint(
     return Checkpoint(ckpt_dir, config, weights, tokenizer, layout, files, tokenizer_path)
 
 
-def params_of(ck: "Checkpoint") -> dict:
-    """Meta's params.json of this checkpoint; for a Hugging Face folder the same numbers from config.json."""
-    if ck.layout != "huggingface":
-        return json.loads((ck.path / "params.json").read_text())
-    c = ck.config
-    return {
-        "dim": c.dim, "n_layers": c.n_layers, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads,
-        "vocab_size": c.vocab_size, "multiple_of": c.multiple_of, "ffn_dim_multiplier": c.ffn_dim_multiplier,
-        "norm_eps": c.norm_eps, "rope_theta": c.rope_theta, "use_scaled_rope": c.use_scaled_rope,
-    }  # fmt: skip
-
-
-def tokenizer_model_file(ck: "Checkpoint") -> Path:
-    """The checkpoint's tokenizer.model, or for a folder with only Hugging Face's tokenizer.json (from which
-    the same tokenizer is built: tests/test_huggingface_writer.py) Meta's file as llama-models ships it."""
-    return ck.tokenizer_file if ck.tokenizer_file.suffix == ".model" else meta_tokenizer_model()
-
-
-def stored_tensors(w) -> list[torch.Tensor]:
-    """The tensors a weight is made of: itself, or the shards of a layouts.StoredWeight."""
-    return w.tensors() if hasattr(w, "tensors") else [w]
-
-
-def count_parameters(weights: dict[str, torch.Tensor]) -> int:
-    """Parameters stored in the file (a tied output matrix counts once)."""
-    seen = {}
-    for w in weights.values():
-        for t in stored_tensors(w):
-            seen[t.data_ptr()] = t.numel()
-    return sum(seen.values())
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def named_shape(t: torch.Tensor, *names: str) -> str:
-    """`[tokens=17, head_dim=128]`: a shape with what each dimension is."""
-    if len(names) != t.dim():
-        raise ValueError(f"{len(names)} names for a {t.dim()}-d tensor")
-    return "[" + ", ".join(f"{n}={s}" for n, s in zip(names, t.shape)) + "]"
-
-
-def dim_sizes(config: ModelConfig, n_tokens: int) -> dict[str, int]:
-    """The size of every named dimension the notebooks print, for this config and prompt length."""
-    return {
-        "tokens": n_tokens, "dim": config.dim, "n_layers": config.n_layers, "n_heads": config.n_heads,
-        "n_kv_heads": config.n_kv_heads, "head_dim": config.head_dim, "pairs": config.head_dim // 2,
-        "queries_per_kv_head": config.queries_per_kv_head, "ffn_hidden": config.ffn_hidden_dim,
-        "vocab_size": config.vocab_size,
-    }  # fmt: skip
-
-
-def shape_from_names(names, config: ModelConfig, n_tokens: int) -> tuple[int, ...]:
-    """("n_heads*head_dim", "dim") -> (4096, 4096) at 8B: each name a dimension, or a product of them."""
-    sizes = dim_sizes(config, n_tokens)
-    return tuple(math.prod(sizes[part] for part in name.split("*")) for name in names)
-
-
-def shapes_beside_8b(rows, config: ModelConfig, n_tokens: int) -> str:
-    """A table of tensors' shapes here and at Llama 3 8B with the same number of tokens.
-
-    rows: (label, tensor, dimension names). The 8B column is computed from Meta's 8B params.json
-    with the same names, and each tensor must have the shape its names give at this config,
-    so the table cannot name a dimension wrongly.
-    """
-    lines = []
-    for label, tensor, names in rows:
-        here = shape_from_names(names, config, n_tokens)
-        if tuple(tensor.shape) != here:
-            raise ValueError(f"{label} has shape {list(tensor.shape)}, not {list(here)} = {list(names)}")
-        lines.append((label, named_shape(tensor, *names), str(list(shape_from_names(names, LLAMA3_8B, n_tokens)))))
-    header = ("", "this checkpoint", "Llama 3 8B")
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(3)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
-
-
 def layout_text(ck: "Checkpoint") -> str:
-    """"Meta, one file" / "Meta, 8 shards (consolidated.00-07.pth)" / "Hugging Face safetensors, 4 files"."""
+    """ "Meta, one file" / "Meta, 8 shards (consolidated.00-07.pth)" / "Hugging Face safetensors, 4 files"."""
     n = len(ck.files)
     if ck.layout == "meta":
         return "Meta's original, one file (consolidated.00.pth)"
@@ -364,10 +177,71 @@ def describe(ck: "Checkpoint") -> str:
     else:
         where = f"LLAMA3_DIR: {ck.path}"
     c = ck.config
-    return (
+    text = (
         f"{where}\n"
         f"layout: {layout_text(ck)}\n"
         f"device: {ck.device.type}, weights {str(ck.weights['norm.weight'].dtype).removeprefix('torch.')}\n"
         f"dim={c.dim}, n_layers={c.n_layers}, n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads}, "
         f"head_dim={c.head_dim}, vocab_size={c.vocab_size}"
+    )
+    named_as = release_of_special_tokens(special_tokens_in_order(ck.tokenizer))
+    if named_as != release_of_special_tokens(special_token_names(ck.release)):
+        text += (
+            f"\nrelease: Llama {ck.release} ({'params.json' if ck.layout != 'huggingface' else 'config.json'}); "
+            f"{ck.tokenizer_file.name} names its special tokens as Llama {named_as} does, but the ids are the same "
+            f"and Llama {ck.release}'s rules apply"
+        )
+    return text
+
+
+def params_of(ck: Checkpoint) -> dict:
+    """Meta's params.json of this checkpoint; for a Hugging Face folder the same numbers from config.json."""
+    if ck.layout != "huggingface":
+        return meta.read_json(ck.path / "params.json")
+    c = ck.config
+    return {
+        "dim": c.dim, "n_layers": c.n_layers, "n_heads": c.n_heads, "n_kv_heads": c.n_kv_heads,
+        "vocab_size": c.vocab_size, "multiple_of": c.multiple_of, "ffn_dim_multiplier": c.ffn_dim_multiplier,
+        "norm_eps": c.norm_eps, "rope_theta": c.rope_theta, "use_scaled_rope": c.use_scaled_rope,
+    }  # fmt: skip
+
+
+def tokenizer_model_file(ck: Checkpoint) -> Path:
+    """The checkpoint's tokenizer.model, or for a folder with only Hugging Face's tokenizer.json (from which
+    the same tokenizer is built: tests/test_huggingface_writer.py) Meta's file as llama-models ships it."""
+    return ck.tokenizer_file if ck.tokenizer_file.suffix == ".model" else meta_tokenizer_model()
+
+
+def map_file(path: Path) -> dict[str, torch.Tensor]:
+    """One weight file memory-mapped, a consolidated.NN.pth or a .safetensors: its tensors by their names in it."""
+    if path.suffix == ".safetensors":
+        return huggingface.map_safetensors(path)
+    return meta.read_pth(path)
+
+
+# ---------------------------------------------------------------------------------------
+# A checkpoint written again in another layout
+# ---------------------------------------------------------------------------------------
+
+
+def _loaded(source: Checkpoint | str | os.PathLike, out_dir: Path) -> Checkpoint:
+    ck = source if isinstance(source, Checkpoint) else load_checkpoint(source, device="cpu")
+    if Path(out_dir).resolve() == ck.path.resolve():
+        raise CheckpointError(f"{out_dir} is the source folder itself: write into another folder.")
+    return ck
+
+
+def reshard(source: Checkpoint | str | os.PathLike, out_dir: Path, n_shards: int) -> dict:
+    """A checkpoint of any layout (a folder, or one already loaded) written as Meta's n_shards model-parallel
+    files (formats.meta.write_meta_shards); a weight held in shards or rows of another order is put in
+    Meta's order one at a time. Returns the params written."""
+    ck = _loaded(source, out_dir)
+    return meta.write_meta_shards(ck.weights, params_of(ck), Path(out_dir), n_shards, tokenizer_model_file(ck))
+
+
+def to_hugging_face(source: Checkpoint | str | os.PathLike, out_dir: Path, shard_bytes: int | None = None) -> Path:
+    """A checkpoint of any layout written as Hugging Face's converter writes it (formats.huggingface)."""
+    ck = _loaded(source, out_dir)
+    return huggingface.write_hf_checkpoint(
+        ck.weights, params_of(ck), ck.release, Path(out_dir), tokenizer_model_file(ck), shard_bytes
     )

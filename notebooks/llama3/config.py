@@ -1,13 +1,14 @@
-"""The model's numbers (notebook 01): params.json as a ModelConfig, the releases of Llama 3, the errors for
-bad input, and the progress bar the other files share."""
+"""The model's numbers (notebook 01): params.json as a ModelConfig, the releases of Llama 3 and what each
+decides (RoPE scaling, context length), the family's params, the errors for bad input, and where the
+walkthrough finds its checkpoint and prompt. The bottom layer of the package: it imports nothing of it."""
 
 from __future__ import annotations
 
-import json
+import hashlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
 
 DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and everything is "
 
@@ -32,8 +33,6 @@ class CheckpointError(Llama3InputError):
 
 class PromptError(Llama3InputError):
     pass
-
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -79,8 +78,8 @@ class ModelConfig:
 
     @property
     def context_length(self) -> int:
-        """Llama 3 was trained on 8192 positions; Llama 3.1's scaled RoPE reaches 131072."""
-        return 131072 if self.use_scaled_rope else 8192
+        """Llama 3 was trained on 8192 positions; Llama 3.1's and 3.2's scaled RoPE reaches 131072."""
+        return SCALED_CONTEXT if self.use_scaled_rope else ROPE_ORIGINAL_CONTEXT
 
     @classmethod
     def from_params(cls, params: dict, release: str | None = None) -> "ModelConfig":
@@ -108,8 +107,24 @@ RELEASES = ("3", "3.1", "3.2")
 # config.json has rope_scaling.factor 32; Meta's reference code (llama_models.llama3.model.apply_scaling)
 # hard-codes 8 for every release.
 ROPE_SCALE_FACTORS = {"3.1": 8.0, "3.2": 32.0}
+# Llama 3.1's and 3.2's frequency scaling (Meta's apply_scaling): wavelengths longer than the original
+# context divided by the factor, shorter than a quarter of it kept, a blend between.
+ROPE_SCALE_FACTOR = ROPE_SCALE_FACTORS["3.1"]  # the constant in Meta's apply_scaling
+ROPE_LOW_FREQ_FACTOR = 1
+ROPE_HIGH_FREQ_FACTOR = 4
+ROPE_ORIGINAL_CONTEXT = 8192  # the positions Llama 3 was trained on
+SCALED_CONTEXT = 131072  # what scaled RoPE reaches (3.1 and 3.2)
 # (dim, n_layers) of Llama 3.2 1B and 3B, the only text models of 3.2 (Meta's llama_models.sku_list).
 LLAMA3_2_SHAPES = {(2048, 16), (3072, 28)}
+
+
+def same_model(a: ModelConfig, b: ModelConfig) -> bool:
+    """Configs that give the same model: equal but for the pair (multiple_of, ffn_dim_multiplier), which
+    Hugging Face's config.json does not keep, as long as both give the same FFN width."""
+    formula = ("multiple_of", "ffn_dim_multiplier")
+    return a.ffn_hidden_dim == b.ffn_hidden_dim and all(
+        getattr(a, f) == getattr(b, f) for f in a.__dataclass_fields__ if f not in formula
+    )
 
 
 def release_from_params(params: dict, release: str | None = None) -> str:
@@ -128,6 +143,11 @@ def release_from_params(params: dict, release: str | None = None) -> str:
             release = "3.2"
         else:
             release = "3.1"
+    return check_release(release)
+
+
+def check_release(release: str) -> str:
+    """The release itself, or one message naming the ones there are."""
     if release not in RELEASES:
         raise CheckpointError(f"Unknown Llama release {release!r}: use one of {', '.join(RELEASES)}.")
     return release
@@ -141,6 +161,65 @@ LLAMA3_8B_PARAMS = {
 
 LLAMA3_8B = ModelConfig.from_params(LLAMA3_8B_PARAMS)
 
+# params.json of the text models this walkthrough runs, as Meta's `llama_models.sku_list` gives them.
+FAMILY_PARAMS = {
+    "Llama 3 8B": dict(LLAMA3_8B_PARAMS, use_scaled_rope=False),
+    "Llama 3.1 8B": dict(LLAMA3_8B_PARAMS, use_scaled_rope=True),
+    "Llama 3.2 1B": dict(
+        LLAMA3_8B_PARAMS, dim=2048, n_layers=16, multiple_of=256, ffn_dim_multiplier=1.5, use_scaled_rope=True
+    ),
+    "Llama 3.2 3B": dict(
+        LLAMA3_8B_PARAMS,
+        dim=3072,
+        n_layers=28,
+        n_heads=24,
+        multiple_of=256,
+        ffn_dim_multiplier=1.0,
+        use_scaled_rope=True,
+    ),
+}
+
+# params.json of the sharded releases, as Meta's llama_models.sku_list gives them (with their file counts).
+SHARDED_PARAMS = {
+    "Llama 3 70B": dict(LLAMA3_8B_PARAMS, dim=8192, n_layers=80, n_heads=64, multiple_of=4096, use_scaled_rope=False),
+    "Llama 3.1 405B": dict(
+        LLAMA3_8B_PARAMS,
+        dim=16384,
+        n_layers=126,
+        n_heads=128,
+        ffn_dim_multiplier=1.2,
+        multiple_of=4096,
+        use_scaled_rope=True,
+    ),
+}
+SHARDED_PARAMS["Llama 3.1 405B mp16"] = dict(SHARDED_PARAMS["Llama 3.1 405B"], n_kv_heads=16)
+SHARD_COUNTS = {"Llama 3 70B": 8, "Llama 3.1 405B": 8, "Llama 3.1 405B mp16": 16}
+
+
+# ---------------------------------------------------------------------------------------
+# What a run reads: the checkpoint, the prompt, how many tokens to generate
+# ---------------------------------------------------------------------------------------
+
+
+def checkpoint_dir(path: str | os.PathLike | None = None) -> Path:
+    """The checkpoint to read: `path`, else $LLAMA3_DIR, else the demo checkpoint."""
+    if path is None:
+        path = os.environ.get("LLAMA3_DIR") or DEMO_DIR
+    return Path(path).expanduser()
+
+
+def prompt_text(prompt: str | None = None) -> str:
+    """The prompt to run: `prompt`, else $LLAMA3_PROMPT, else the default question."""
+    if prompt is None:
+        prompt = os.environ.get("LLAMA3_PROMPT", DEFAULT_PROMPT)
+    return prompt
+
+
+def new_token_limit(default: int) -> int:
+    """How many tokens a generation loop may make: `default`, capped by $LLAMA3_MAX_NEW_TOKENS (each token is a
+    forward pass, seconds at 8B on a CPU)."""
+    return min(default, int(os.environ.get("LLAMA3_MAX_NEW_TOKENS", default)))
+
 
 def progress_bar(iterable, total: int, desc: str):
     """A tqdm bar on stderr (the tests strip its timings), or the plain iterable without tqdm."""
@@ -149,3 +228,12 @@ def progress_bar(iterable, total: int, desc: str):
     except ImportError:
         return iterable
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, ncols=80)
+
+
+def sha256_of(path: Path) -> str:
+    """A file's sha256, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -16,7 +16,7 @@ import PIL.Image
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-import plots
+from . import plots
 
 STATIC_DPI = 110  # the inline figure: labels must read on the page
 LIVE_DPI = 80  # the widget's PNG, encoded on every slider move: smaller is faster
@@ -89,7 +89,8 @@ class Explorer:
         self.head_slider = widgets.IntSlider(value=head, min=0, max=n_heads - 1, description="head")
         self.token_menu = widgets.Dropdown(
             options=[(f"{i}: {label}", i) for i, label in enumerate(plots.token_labels(tokens))],
-            value=position, description="token",
+            value=position,
+            description="token",
         )
         self.kv_note = widgets.HTML(layout=widgets.Layout(width="330px"))
         self.measure_menu = widgets.Dropdown(options=list(head_summaries), description="grid shows")

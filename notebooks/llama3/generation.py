@@ -4,15 +4,12 @@ Llama 3's chat format."""
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
-from .config import *  # noqa: F401,F403
-from .tokens import *  # noqa: F401,F403
-from .model import *  # noqa: F401,F403
-
+from .config import ModelConfig, PromptError
+from .model import KVCache, forward
 
 # ---------------------------------------------------------------------------------------
 # 12 Generation with a KV cache
@@ -25,11 +22,12 @@ STOP_TOKENS = {
     "3": ("<|end_of_text|>", "<|eot_id|>"),
     "3.1": ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"),
 }
+STOP_TOKENS["3.2"] = STOP_TOKENS["3.1"]
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """The ids of the stop tokens of the tokenizer's release (tokenizer_release)."""
-    return [tokenizer.encode_single_token(name) for name in STOP_TOKENS[tokenizer_release(tokenizer)]]
+    """The ids of the stop tokens of the tokenizer's release (3.2 has 3.1's)."""
+    return [tokenizer.special_id(name) for name in STOP_TOKENS[tokenizer.release]]
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -89,14 +87,15 @@ def logits_tolerance(config: ModelConfig, dtype: torch.dtype = torch.bfloat16) -
     the relative difference neither vanishes nor (in a trained model) explodes; independent
     differences from n_layers layers add up like a random walk, sqrt(n_layers) steps. So
     (1 + sqrt(n_layers)) steps, times ROUNDING_MARGIN = 2 for what the random walk leaves out (random
-    weights amplify differences; measured on random weights at dim 4096 with 2 to 8 layers and dim 1024
-    with 8 and 32 layers, several weight scales and seeds, by scripts/rounding_trials.py: up to 0.4 of this
-    bound; at 8B's full shape, by scripts/tolerance_trials.py: cached against uncached up to 0.53 of it).
-    bfloat16: 5.4% for the demo's 6 layers, 10.4% at 8B's 32; float32: about 2 * 10^-5 for the demo.
+    weights amplify differences). How much of this bound real computations use is measured on random
+    weights of several shapes, scales and seeds by scripts/bench/rounding_trials.py and, at 8B's full
+    shape, by scripts/bench/tolerance_trials.py (`make tolerance-8b`); the README gives the results.
     A logit differing by more is a real difference (a wrong position, a missing key), not rounding.
     """
     eps = torch.finfo(dtype).eps
-    steps_per_matmul = 1.0 if dtype in (torch.bfloat16, torch.float16) else math.sqrt(max(config.dim, config.ffn_hidden_dim))
+    steps_per_matmul = (
+        1.0 if dtype in (torch.bfloat16, torch.float16) else math.sqrt(max(config.dim, config.ffn_hidden_dim))
+    )
     return ROUNDING_MARGIN * (1 + math.sqrt(config.n_layers)) * steps_per_matmul * eps
 
 
@@ -107,11 +106,6 @@ def same_prediction(logits: torch.Tensor, reference: torch.Tensor, rel_tolerance
     tolerance = rel_tolerance * reference.abs().max()
     close = (logits - reference).abs().max() <= tolerance
     return bool(close) and bool(reference[int(logits.argmax())] >= reference.max() - tolerance)
-
-
-def max_new_tokens(default: int) -> int:
-    """$LLAMA3_MAX_NEW_TOKENS caps generation (each token is a forward pass: seconds at 8B on a CPU)."""
-    return min(default, int(os.environ.get("LLAMA3_MAX_NEW_TOKENS", default)))
 
 
 def generate(
@@ -159,21 +153,22 @@ def generate(
 
 
 CHAT_ROLES = {"3": ("system", "user", "assistant"), "3.1": ("system", "user", "assistant", "tool", "ipython")}
+CHAT_ROLES["3.2"] = CHAT_ROLES["3.1"]
 
 
 def encode_header(tokenizer, role: str) -> list[int]:
     """<|start_header_id|>role<|end_header_id|> and a blank line. Llama 3 knows three roles; Llama 3.1
     added tool output, which Meta's llama-models writes as the role ipython."""
-    release = tokenizer_release(tokenizer)
+    release = tokenizer.release
     if role not in CHAT_ROLES[release]:
         raise PromptError(
             f"The role {role!r} is not in Llama {release}'s chat format, whose roles are "
             f"{', '.join(CHAT_ROLES[release])} (tool output came with Llama 3.1)."
         )
     return (
-        [tokenizer.encode_single_token("<|start_header_id|>")]
+        [tokenizer.special_id("<|start_header_id|>")]
         + tokenizer.encode("ipython" if role == "tool" else role, disallowed_special=())
-        + [tokenizer.encode_single_token("<|end_header_id|>")]
+        + [tokenizer.special_id("<|end_header_id|>")]
         + tokenizer.encode("\n\n", disallowed_special=())
     )
 
@@ -181,7 +176,7 @@ def encode_header(tokenizer, role: str) -> list[int]:
 def message_text(tokenizer, content: str) -> str:
     """The text of a turn as its release writes it: Llama 3's ChatFormat strips the content's leading and
     trailing whitespace (meta-llama/llama3, llama/tokenizer.py); Llama 3.1's (llama-models) keeps it."""
-    return content.strip() if tokenizer_release(tokenizer) == "3" else content
+    return content.strip() if tokenizer.release == "3" else content
 
 
 def encode_message(tokenizer, message: dict) -> list[int]:
@@ -189,7 +184,7 @@ def encode_message(tokenizer, message: dict) -> list[int]:
     return (
         encode_header(tokenizer, message["role"])
         + tokenizer.encode(message_text(tokenizer, message["content"]), disallowed_special=())
-        + [tokenizer.encode_single_token("<|eot_id|>")]
+        + [tokenizer.special_id("<|eot_id|>")]
     )
 
 
@@ -197,7 +192,7 @@ def encode_dialog(tokenizer, messages: list[dict]) -> list[int]:
     """An Instruct model's prompt: <|begin_of_text|>, every turn, then an open assistant header for the
     model to complete, by the rules of the tokenizer's release.
     messages: [{"role": "system" | "user" | "assistant" (| "tool" from 3.1 on), "content": str}]."""
-    token_ids = [tokenizer.encode_single_token("<|begin_of_text|>")]
+    token_ids = [tokenizer.special_id("<|begin_of_text|>")]
     for message in messages:
         token_ids += encode_message(tokenizer, message)
     return token_ids + encode_header(tokenizer, "assistant")

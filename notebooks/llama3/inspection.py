@@ -6,11 +6,21 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import *  # noqa: F401,F403
-from .checkpoint import *  # noqa: F401,F403
-from .tokens import *  # noqa: F401,F403
-from .model import *  # noqa: F401,F403
-
+from .config import ModelConfig, progress_bar
+from .model import (
+    LayerWeights,
+    apply_rope,
+    attention_probs,
+    causal_mask,
+    embed,
+    layer_weights,
+    output_logits,
+    project_heads,
+    rms_norm,
+    rope_freqs_cis,
+    transformer_layer,
+)
+from .tokens import token_texts
 
 # ---------------------------------------------------------------------------------------
 # 10 The attention explorer

@@ -1,7 +1,7 @@
 """A faster `x @ w.T` for the weight matmuls on CPUs with AVX-512 BF16, bit for bit torch's.
 
-llama3.linear calls `linear` here first; `None` means "use torch". The kernel
-(scripts/bf16_linear.cpp, built by `make setup` into build/bf16_linear.so) has two paths, one
+llama3.linear (weights.py) calls `linear` here first; `None` means "use torch". The kernel
+(scripts/kernel/bf16_linear.cpp, built by `make setup` into build/bf16_linear.so) has two paths, one
 per way torch (oneDNN) sums on such CPUs:
 
 - with AMX (Intel Xeon 4th generation and later) torch uses AMX tiles; the kernel then uses
@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-from pathlib import Path
 
 import torch
 
-LIBRARY = Path(__file__).resolve().parent.parent / "build" / "bf16_linear.so"
+from .config import REPO_DIR
+
+LIBRARY = REPO_DIR / "build" / "bf16_linear.so"
 MIN_COLUMNS = 1024
 MAX_ROWS = 64
 PROBE_ROWS = 16  # weight rows when measuring the run length (torch's blocking here does not depend on them)

@@ -9,12 +9,15 @@ from dataclasses import dataclass
 
 import torch
 
-import matmul_kernel
-
-from .config import *  # noqa: F401,F403
-from .checkpoint import *  # noqa: F401,F403
-from .layouts import StoredWeight
-
+from .config import (
+    ROPE_HIGH_FREQ_FACTOR,
+    ROPE_LOW_FREQ_FACTOR,
+    ROPE_ORIGINAL_CONTEXT,
+    ROPE_SCALE_FACTOR,
+    ModelConfig,
+    progress_bar,
+)
+from .weights import linear
 
 # ---------------------------------------------------------------------------------------
 # 03 Embeddings and RMSNorm
@@ -66,28 +69,6 @@ def layer_weights(weights: dict[str, torch.Tensor], layer: int) -> LayerWeights:
     )
 
 
-def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w.T: [T, D_in] times a weight [D_out, D_in] stored as Meta stores it -> [T, D_out].
-
-    Every weight matmul goes through here. On CPUs with AVX-512 BF16 the large ones run in a
-    small kernel (matmul_kernel.py) that reads the memory-mapped weight rows in place and
-    returns exactly torch's result, only faster; everywhere else torch does it. A weight kept in
-    shards or in Hugging Face's row order (layouts.py, notebook 17) multiplies itself.
-    """
-    if isinstance(w, StoredWeight):
-        return w.linear(x)
-    fast = matmul_kernel.linear(x, w)
-    return x @ w.T if fast is None else fast
-
-
-def split_heads(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """[n_heads*d, D] projection -> [n_heads, d, D]: row block h is head h (a view, no copy).
-    A sharded weight gives each shard's heads; a Hugging Face one a weight per head (notebook 17)."""
-    if isinstance(w, StoredWeight):
-        return w.split_heads(n_heads)
-    return w.view(n_heads, w.shape[0] // n_heads, w.shape[1])
-
-
 def project_heads(x: torch.Tensor, w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """[T, D] @ [n*d, D]^T -> [n, T, d]: one projection for all heads, split by head."""
     projected = linear(x, w)
@@ -106,13 +87,6 @@ def head_qkv(x_normed: torch.Tensor, lw: LayerWeights, config: ModelConfig, head
 # ---------------------------------------------------------------------------------------
 # 05 RoPE via complex numbers
 # ---------------------------------------------------------------------------------------
-
-# Llama 3.1's and 3.2's frequency scaling: the same rule with another scale factor
-# (ROPE_SCALE_FACTORS: 8 for 3.1, 32 for 3.2; Meta's reference code uses 8 for both).
-ROPE_SCALE_FACTOR = ROPE_SCALE_FACTORS["3.1"]  # Meta's apply_scaling's constant
-ROPE_LOW_FREQ_FACTOR = 1
-ROPE_HIGH_FREQ_FACTOR = 4
-ROPE_ORIGINAL_CONTEXT = 8192
 
 
 def scale_rope_frequencies(freqs: torch.Tensor, scale_factor: float = ROPE_SCALE_FACTOR) -> torch.Tensor:
@@ -184,7 +158,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 
 class KVCache:
-    """Keys and values of the positions already seen, per layer, each [K, T_seen, d]."""
+    """Keys and values of the positions already seen, per layer, each [K, T_seen, d].
+
+    A layer reaches its own part only, through `cache.layer(i)`, so no call can fill another layer's."""
 
     def __init__(self, n_layers: int):
         self.keys: list[torch.Tensor | None] = [None] * n_layers
@@ -193,12 +169,10 @@ class KVCache:
     def __len__(self) -> int:
         return 0 if self.keys[0] is None else self.keys[0].shape[1]
 
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=1)
-            v = torch.cat([self.values[layer], v], dim=1)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+    def layer(self, i: int) -> "LayerCache":
+        if not 0 <= i < len(self.keys):
+            raise IndexError(f"layer {i} of a cache for {len(self.keys)} layers")
+        return LayerCache(self, i)
 
     def truncate(self, n_positions: int) -> None:
         """Forget every position from n_positions on (to continue from a shared prefix)."""
@@ -206,20 +180,37 @@ class KVCache:
         self.values = [None if v is None else v[:, :n_positions] for v in self.values]
 
 
+@dataclass(frozen=True)
+class LayerCache:
+    """One layer's keys and values in a KVCache (KVCache.layer)."""
+
+    cache: KVCache
+    index: int
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's [K, T, d] keys and values; return all of this layer's, [K, T_seen + T, d]."""
+        keys, values, i = self.cache.keys, self.cache.values, self.index
+        if keys[i] is not None:
+            k = torch.cat([keys[i], k], dim=1)
+            v = torch.cat([values[i], v], dim=1)
+        keys[i], values[i] = k, v
+        return k, v
+
+
 def attention(
     x_normed: torch.Tensor,
     lw: LayerWeights,
     config: ModelConfig,
     freqs_cis: torch.Tensor,
-    cache: KVCache | None = None,
-    layer: int = 0,
+    cache: LayerCache | None = None,
 ) -> torch.Tensor:
-    """All heads at once: [T, D] -> [T, D], before the residual add."""
+    """All heads at once: [T, D] -> [T, D], before the residual add. With `cache` (this layer's part of a
+    KVCache) the new keys and values are appended to it and the queries read all of them."""
     q = apply_rope(project_heads(x_normed, lw.wq, config.n_heads), freqs_cis)  # [H, T, d]
     k = apply_rope(project_heads(x_normed, lw.wk, config.n_kv_heads), freqs_cis)  # [K, T, d]
     v = project_heads(x_normed, lw.wv, config.n_kv_heads)  # [K, T, d]
     if cache is not None:
-        k, v = cache.extend(layer, k, v)  # [K, T_seen + T, d]
+        k, v = cache.extend(k, v)  # [K, T_seen + T, d]
     # Grouped-query attention: each key/value head serves queries_per_kv_head query heads.
     k = k.repeat_interleave(config.queries_per_kv_head, dim=0)  # [H, Tk, d]
     v = v.repeat_interleave(config.queries_per_kv_head, dim=0)
@@ -244,11 +235,10 @@ def transformer_layer(
     lw: LayerWeights,
     config: ModelConfig,
     freqs_cis: torch.Tensor,
-    cache: KVCache | None = None,
-    layer: int = 0,
+    cache: LayerCache | None = None,
 ) -> torch.Tensor:
     """One block: x + attention(norm x), then + feed_forward(norm x)."""
-    h = x + attention(rms_norm(x, lw.attention_norm, config.norm_eps), lw, config, freqs_cis, cache, layer)
+    h = x + attention(rms_norm(x, lw.attention_norm, config.norm_eps), lw, config, freqs_cis, cache)
     return h + feed_forward(rms_norm(h, lw.ffn_norm, config.norm_eps), lw)
 
 
@@ -276,7 +266,9 @@ def forward(
     if progress:
         layers = progress_bar(layers, total=config.n_layers, desc="layers")
     for i in layers:
-        x = transformer_layer(x, layer_weights(weights, i), config, freqs_cis, cache, i)
+        x = transformer_layer(
+            x, layer_weights(weights, i), config, freqs_cis, None if cache is None else cache.layer(i)
+        )
     return output_logits(x[-1:] if last_only else x, weights, config)
 
 

@@ -1,5 +1,5 @@
-"""Running fast on a CPU (the appendix, notebook 19): the weights' pages mapped up front. The bf16 matmul
-kernel is matmul_kernel.py, beside this package, called by model.linear."""
+"""Running fast on a CPU (the appendix on the fast path): the weights' pages mapped up front, if they fit
+in this process's memory. The bf16 matmul kernel is kernel.py, called by weights.linear."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .config import *  # noqa: F401,F403
-
+from .config import progress_bar
+from .weights import stored_tensors
 
 MADV_POPULATE_READ = 22  # Linux 5.14+: map these pages now, reading them from disk if needed
 POPULATE_PIECE = 64 << 20
@@ -46,17 +46,15 @@ def map_weights(weights: dict[str, torch.Tensor], progress: bool = True) -> bool
     """Map every page of the memory-mapped weights into this process now, if they fit in RAM.
 
     Without this the forward pass stops on a page fault for every 64 KB of weights it first
-    touches (0.6 s at 8B even when the file is in the page cache). Mapping them up front is
-    one pass over the file, on all cores, and reads it from disk once if it is not cached.
-    It then reads one byte of each page: right after the file has been read, the first touch
-    of each mapped page still costs something, 0.3 s of the first forward pass at 8B.
+    touches, even when the file is in the page cache. Mapping them up front is one pass over
+    the file, on all cores, and reads it from disk once if it is not cached. It then reads one
+    byte of each page: right after the file has been read, the first touch of each mapped page
+    still costs something (the README's benchmark section has the numbers at 8B).
     When the file does not fit (a small machine, a cgroup limit) nothing is done: the forward
     pass then streams the weights from disk layer by layer. Returns whether it mapped them.
     """
     page = os.sysconf("SC_PAGE_SIZE")
     pieces, seen = [], set()  # (bytes of one storage, offset, length)
-    from .checkpoint import stored_tensors  # a weight in shards is several storages
-
     tensors = [t for w in weights.values() for t in stored_tensors(w)]
     for t in tensors:
         storage = t.untyped_storage()
@@ -64,7 +62,9 @@ def map_weights(weights: dict[str, torch.Tensor], progress: bool = True) -> bool
             continue
         seen.add(storage.data_ptr())
         as_bytes = torch.empty(0, dtype=torch.uint8).set_(storage)
-        pieces += [(as_bytes, o, min(POPULATE_PIECE, storage.nbytes() - o)) for o in range(0, storage.nbytes(), POPULATE_PIECE)]
+        pieces += [
+            (as_bytes, o, min(POPULATE_PIECE, storage.nbytes() - o)) for o in range(0, storage.nbytes(), POPULATE_PIECE)
+        ]
     total = sum(n for _, _, n in pieces)
     if not sys.platform.startswith("linux") or total > 0.75 * memory_limit():
         return False

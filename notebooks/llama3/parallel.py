@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .config import *  # noqa: F401,F403
-from .checkpoint import *  # noqa: F401,F403
-from .layouts import SHARD_FILE, check_shard
-from .model import KVCache, attention, embed, feed_forward, layer_weights, linear, rms_norm, rope_freqs_cis
+from .checkpoint import checkpoint_layout
+from .config import CheckpointError, ModelConfig
+from .formats.meta import SHARD_FILE, check_shard, read_pth
 from .generation import Generation, generate
+from .model import KVCache, LayerCache, attention, embed, feed_forward, layer_weights, rms_norm, rope_freqs_cis
+from .shapes import expected_shapes
+from .weights import linear
 
 # How long a rank waits for the others in one collective before it gives up (seconds; $LLAMA3_TP_TIMEOUT).
 # Short, so that a rank left waiting by a lost peer fails within seconds instead of torch's default 30 minutes.
@@ -165,11 +167,17 @@ def load_rank_shard(ckpt_dir: Path, config: ModelConfig, rank: int, world_size: 
         )
     layout = checkpoint_layout(ckpt_dir)  # params.json and tokenizer.model beside the shards
     if layout == "huggingface":
-        raise CheckpointError(f"{ckpt_dir} is a Hugging Face folder; tensor parallelism runs on Meta's consolidated.*.pth shards.")
+        raise CheckpointError(
+            f"{ckpt_dir} is a Hugging Face folder; tensor parallelism runs on Meta's consolidated.*.pth shards."
+        )
     shard = read_pth(path)
     n_cut = shard_count_of(shard, config)
     if n_cut is not None and n_cut != world_size:
-        what = "holds the whole model" if n_cut == 1 else f"is one of {n_cut} shards (its wq holds {config.dim // n_cut} of {config.dim} rows)"
+        what = (
+            "holds the whole model"
+            if n_cut == 1
+            else f"is one of {n_cut} shards (its wq holds {config.dim // n_cut} of {config.dim} rows)"
+        )
         raise CheckpointError(
             f"{path} {what}, but torchrun started {world_size} processes. Start exactly {n_cut}, one per shard "
             f"file: `--nproc-per-node {n_cut}` on one machine (or --nnodes times --nproc-per-node = {n_cut})."
@@ -245,13 +253,14 @@ def all_reduce_partial_sums(partial: torch.Tensor) -> torch.Tensor:
 
 
 def tp_transformer_layer(
-    x: torch.Tensor, shard: RankShard, layer: int, freqs_cis: torch.Tensor, cache: KVCache | None = None
+    x: torch.Tensor, shard: RankShard, layer: int, freqs_cis: torch.Tensor, cache: LayerCache | None = None
 ) -> torch.Tensor:
     """One block on this rank's heads and hidden units: x + sum over ranks of attention(norm x), then
-    + sum over ranks of feed_forward(norm h). x [T, D] is whole and the same on every rank."""
+    + sum over ranks of feed_forward(norm h). x [T, D] is whole and the same on every rank. `cache` is this
+    layer's part of the rank's KVCache (its own key/value heads)."""
     c = shard.config
     lw = layer_weights(shard.weights, layer)  # this rank's slices: wq [H/N*d, D], wo [D, H/N*d], w2 [D, F/N]
-    attention_partial = attention(rms_norm(x, lw.attention_norm, c.norm_eps), lw, shard.heads_config, freqs_cis, cache, layer)
+    attention_partial = attention(rms_norm(x, lw.attention_norm, c.norm_eps), lw, shard.heads_config, freqs_cis, cache)
     h = x + all_reduce_partial_sums(attention_partial)
     ffn_partial = feed_forward(rms_norm(h, lw.ffn_norm, c.norm_eps), lw)
     return h + all_reduce_partial_sums(ffn_partial)
@@ -283,7 +292,7 @@ def tp_forward(shard: RankShard, token_ids, cache: KVCache | None = None, last_o
     x = vocab_parallel_embed(shard, token_ids)
     freqs_cis = rope_freqs_cis(shard.config, x.shape[0], start=start)
     for layer in range(shard.config.n_layers):
-        x = tp_transformer_layer(x, shard, layer, freqs_cis, cache)
+        x = tp_transformer_layer(x, shard, layer, freqs_cis, None if cache is None else cache.layer(layer))
         _fail_here(shard, layer)
     return vocab_parallel_logits(x[-1:] if last_only else x, shard)
 

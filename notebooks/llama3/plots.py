@@ -93,8 +93,9 @@ def share_bars(ax, shares: dict, colors=None):
         percents = [100 * shares[m].get(group, 0) / sum(shares[m].values()) for m in models]
         color = colors[k % len(colors)] if colors else None
         bars = ax.barh(models, percents, left=left, label=group, color=color, edgecolor="white")
-        ax.bar_label(bars, [f"{p:.0f}%" if p >= 4 else "" for p in percents], label_type="center", fontsize=8,
-                     color="white")
+        ax.bar_label(
+            bars, [f"{p:.0f}%" if p >= 4 else "" for p in percents], label_type="center", fontsize=8, color="white"
+        )
         left = [a + b for a, b in zip(left, percents)]
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of the weights' bytes")

@@ -3,40 +3,32 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
+import os
+import tempfile
 from pathlib import Path
 
 import torch
 
-from .config import *  # noqa: F401,F403
-from .checkpoint import *  # noqa: F401,F403
-from .generation import *  # noqa: F401,F403
-
+from .checkpoint import Checkpoint, params_of
+from .config import CheckpointError
+from .pages import memory_limit
+from .weights import StoredWeight
 
 # ---------------------------------------------------------------------------------------
 # The yardstick: Meta's reference implementation (llama_models.llama3.model)
 # ---------------------------------------------------------------------------------------
 
 
-# Ours against Meta's reference: both round to bfloat16 at the same places and agree to the bit on
-# this machine; on another BLAS build a matmul may add in another order. logits_tolerance gives the
-# bound for any checkpoint; this is its value at Llama 3 8B's depth (32 layers): 0.104.
-PARITY_REL_TOLERANCE = logits_tolerance(LLAMA3_8B)
-
-
 def _init_model_parallel() -> None:
     """fairscale model parallel of size 1 on CPU, as Meta's generation code sets it up."""
-    import tempfile
-
     import fairscale.nn.model_parallel.initialize as fs_init
 
     if not torch.distributed.is_initialized():
         rendezvous = Path(tempfile.mkdtemp()) / "rendezvous"  # a file, not a network port
         torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=0, world_size=1)
     if not fs_init.model_parallel_is_initialized():
-        import contextlib
-        import io
-
         with contextlib.redirect_stdout(io.StringIO()):  # it prints three status lines
             fs_init.initialize_model_parallel(1)
 
@@ -61,7 +53,7 @@ def meta_reference_model(ck: Checkpoint, max_seq_len: int, dtype=torch.bfloat16)
     # assign: the parameters become the memory-mapped tensors themselves, not copies of them. Weights in
     # shards or in Hugging Face's row order are merged into Meta's layout first: this one-process model
     # needs whole tensors (a copy of the model, which is why notebook 17 never does this).
-    weights = {k: w.merged() if hasattr(w, "merged") else w for k, w in ck.weights.items()}
+    weights = {k: w.merged() if isinstance(w, StoredWeight) else w for k, w in ck.weights.items()}
     model.load_state_dict(weights, strict=True, assign=True)
     return model
 
@@ -79,7 +71,7 @@ def reference_fits(ck: Checkpoint) -> bool:
 
     A checkpoint in Meta's single-file layout is used in place and always fits.
     """
-    merged_bytes = sum(w.numel() * w.element_size() for w in ck.weights.values() if hasattr(w, "merged"))
+    merged_bytes = sum(w.numel() * w.element_size() for w in ck.weights.values() if isinstance(w, StoredWeight))
     return merged_bytes <= memory_limit() // 2
 
 
@@ -94,8 +86,6 @@ def transformers_model(hf_dir):
 
     transformers only warns about tensors it expected and did not find (it leaves them at random values)
     or found and did not expect; here either one is an error."""
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import LlamaForCausalLM
     from transformers.utils import logging as hf_logging

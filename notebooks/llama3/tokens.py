@@ -1,12 +1,15 @@
-"""Tokens (notebook 02): the tiktoken tokenizer built from tokenizer.model, byte-pair merging, the prompt."""
+"""Tokens (notebook 02): the tiktoken tokenizer built from tokenizer.model or Hugging Face's tokenizer.json,
+byte-pair merging, the special tokens of each release, the prompt."""
 
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
-from .config import *  # noqa: F401,F403
+import tiktoken
 
+from .config import CheckpointError, ModelConfig, PromptError, check_release
 
 # ---------------------------------------------------------------------------------------
 # 02 Tokens
@@ -77,9 +80,37 @@ def special_tokens_in_order(tokenizer) -> list[str]:
     return sorted(tokenizer.special_tokens_set, key=tokenizer.encode_single_token)
 
 
+def release_of_special_tokens(names) -> str:
+    """ "3" for Llama 3's special-token names, "3.1" for 3.1's (which 3.2 shares): only 3.1 has <|eom_id|>."""
+    return "3.1" if "<|eom_id|>" in names else "3"
+
+
+class Tokenizer(tiktoken.Encoding):
+    """Llama 3's tokenizer: a tiktoken Encoding that knows the release whose rules it follows.
+
+    The release is decided once, when a checkpoint is loaded (from params.json or config.json), and
+    everything that differs between releases follows it: the special tokens' names in
+    special_token_names(release), the stop tokens, the chat format's rules. The special tokens' ids are the
+    same in every release (the first follows the BPE ranks), so `special_id` finds a token of the release by
+    its place, whatever name the file gives it (a tokenizer.json may carry another release's names)."""
+
+    def __init__(self, release: str, ranks: dict[bytes, int], special_tokens: dict[str, int], pat_str: str):
+        check_release(release)
+        super().__init__(f"llama{release}", pat_str=pat_str, mergeable_ranks=ranks, special_tokens=special_tokens)
+        self.release = release
+        self.first_special_id = len(ranks)
+
+    def special_id(self, name: str) -> int:
+        """The id of the release's special token `name` (e.g. "<|eot_id|>")."""
+        names = special_token_names(self.release)
+        if name not in names:
+            raise PromptError(f"{name} is not a special token of Llama {self.release}.")
+        return self.first_special_id + names.index(name)
+
+
 def tokenizer_release(tokenizer) -> str:
-    """"3" for a tokenizer with Llama 3's special-token names, "3.1" for 3.1's (also 3.2's)."""
-    return "3.1" if "<|eom_id|>" in tokenizer.special_tokens_set else "3"
+    """The release whose rules the tokenizer follows (Tokenizer.release)."""
+    return tokenizer.release
 
 
 def read_bpe_ranks(path: Path) -> dict[bytes, int]:
@@ -108,19 +139,13 @@ def meta_tokenizer_model() -> Path:
     return Path(llama_models.llama3.__file__).parent / "tokenizer.model"
 
 
-def load_tokenizer(path: Path, release: str = "3"):
-    """tiktoken Encoding from tokenizer.model, with Llama 3's split pattern and the release's special tokens.
+def load_tokenizer(path: Path, release: str = "3") -> Tokenizer:
+    """The tokenizer from tokenizer.model, with Llama 3's split pattern and the release's special tokens.
 
     Every release ships the same tokenizer.model; only the special tokens' names differ."""
-    import tiktoken
-
     ranks = read_bpe_ranks(path)
     specials = {name: len(ranks) + i for i, name in enumerate(special_token_names(release))}
-    if release is None:
-        release = "3.1" if "<|eom_id|>" in specials else "3"
-    return tiktoken.Encoding(
-        name=f"llama{release}", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
-    )
+    return Tokenizer(release, ranks, specials, SPLIT_PATTERN)
 
 
 def bpe_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
@@ -139,10 +164,8 @@ def bpe_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
 def encode_prompt(tokenizer, prompt: str, config: ModelConfig) -> list[int]:
     """<|begin_of_text|> followed by the prompt's tokens, checked against the context length."""
     if not prompt or not prompt.strip():
-        raise PromptError(
-            "The prompt is empty. Set LLAMA3_PROMPT to some text, or unset it for the default question."
-        )
-    token_ids = [tokenizer.encode_single_token("<|begin_of_text|>")] + tokenizer.encode(prompt, disallowed_special=())
+        raise PromptError("The prompt is empty. Set LLAMA3_PROMPT to some text, or unset it for the default question.")
+    token_ids = [tokenizer.special_id("<|begin_of_text|>")] + tokenizer.encode(prompt, disallowed_special=())
     if len(token_ids) > config.context_length:
         raise PromptError(
             f"The prompt {prompt[:40]!r}... is {len(token_ids)} tokens long, more than the model's context "
@@ -171,18 +194,14 @@ def byte_level_alphabet() -> dict[int, str]:
     return table
 
 
-def tokenizer_from_json(path: Path, release: str | None = None):
-    """tiktoken Encoding from Hugging Face's tokenizer.json alone: the same ranks, split pattern and special
+def tokenizer_from_json(path: Path, release: str | None = None) -> Tokenizer:
+    """The tokenizer from Hugging Face's tokenizer.json alone: the same ranks, split pattern and special
     tokens as load_tokenizer gives from tokenizer.model.
 
     The BPE vocabulary maps byte-level strings to ids: each string is mapped back to its bytes, and the id is
     the rank (Llama 3's merges follow the ranks). The special tokens come from added_tokens, the split
     pattern from the pre-tokenizer's Split step. `release` names the Encoding ("llama3", "llama3.1", ...);
-    by default it is told from the special tokens' names (tokenizer_release)."""
-    import json
-
-    import tiktoken
-
+    by default it is told from the special tokens' names (release_of_special_tokens)."""
     path = Path(path)
     fix = (
         "Use the tokenizer.json of a Llama 3 repository on Hugging Face (meta-llama/...), "
@@ -222,8 +241,4 @@ def tokenizer_from_json(path: Path, release: str | None = None):
             f"{path} does not carry Llama 3's {NUM_SPECIAL_TOKENS} special tokens at ids {expected_ids[0]}.."
             f"{expected_ids[-1]} starting with <|begin_of_text|>. {fix}"
         )
-    if release is None:
-        release = "3.1" if "<|eom_id|>" in specials else "3"
-    return tiktoken.Encoding(
-        name=f"llama{release}", pat_str=patterns[0], mergeable_ranks=ranks, special_tokens=specials
-    )
+    return Tokenizer(release or release_of_special_tokens(specials), ranks, specials, patterns[0])

@@ -17,11 +17,9 @@ from pathlib import Path
 import pytest
 
 import llama3
-from bench import evict_from_page_cache  # scripts/ is on the path (tests/conftest.py)
+from llama3.tools.bench import evict_from_page_cache
 
-MODEL_DIR = Path(
-    os.environ.get("LLAMA3_FULL_SCALE_DIR", llama3.REPO_DIR / "build" / "llama3-8b-synthetic")
-).absolute()
+MODEL_DIR = Path(os.environ.get("LLAMA3_FULL_SCALE_DIR", llama3.REPO_DIR / "build" / "llama3-8b-synthetic")).absolute()
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 
 # The limit per model. Page cache counts, so any limit below the file's size makes every forward pass
@@ -90,7 +88,9 @@ def test_every_notebook_runs_within_the_memory_limit(memory_cgroup, limit_bytes)
     env = os.environ | {"LLAMA3_DIR": str(MODEL_DIR), "LLAMA3_DEVICE": "cpu", "LLAMA3_MAX_NEW_TOKENS": "3"}
     env.pop("LLAMA3_PROMPT", None)
     env.pop("LLAMA3_RELEASE", None)  # told from params.json, as for the real weights
-    result = run_limited(memory_cgroup, [sys.executable, str(llama3.REPO_DIR / "scripts" / "run_notebooks.py")], env)
+    result = run_limited(
+        memory_cgroup, [sys.executable, str(llama3.REPO_DIR / "scripts" / "run" / "run_notebooks.py")], env
+    )
     peak = peak_bytes(memory_cgroup)
     print(result.stdout[-3000:], f"\npeak memory of the run, page cache included: {peak / 2**30:.2f} GiB "
           f"(limit {limit_bytes / 2**30:.2f} GiB)")  # fmt: skip
@@ -106,7 +106,6 @@ def test_every_notebook_runs_within_the_memory_limit(memory_cgroup, limit_bytes)
 # same tolerance, and ours under Meta's 8 too.
 PARITY_SCRIPT = """
 import dataclasses, json, sys, torch
-sys.path.insert(0, sys.argv[2])
 import llama3
 ck = llama3.load_checkpoint(sys.argv[1], device="cpu")
 ids = llama3.encode_prompt(ck.tokenizer, llama3.DEFAULT_PROMPT, ck.config)
@@ -122,7 +121,7 @@ print(json.dumps({"release": ck.release, "factor": ck.config.rope_scale_factor,
 
 
 def test_parity_with_meta_within_the_memory_limit(memory_cgroup, limit_bytes):
-    args = [sys.executable, "-c", PARITY_SCRIPT, str(MODEL_DIR), str(llama3.REPO_DIR / "notebooks")]
+    args = [sys.executable, "-c", PARITY_SCRIPT, str(MODEL_DIR)]
     env = dict(os.environ)
     env.pop("LLAMA3_RELEASE", None)
     result = run_limited(memory_cgroup, args, env)

@@ -21,8 +21,16 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "10_attention_explorer.ipynb"
 SHOTS = REPO / "build" / "ui"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 FIGURE = "img.explorer-figure"
 
 
@@ -39,8 +47,10 @@ def lab(tmp_path_factory):
     committed = NOTEBOOK.read_bytes()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     settings = root / ".settings" / "@jupyterlab"
-    for plugin, value in [("docmanager-extension/plugin", '{"autosave": false}'),  # never write back
-                          ("apputils-extension/notification", '{"fetchNews": "false", "checkForUpdates": false}')]:
+    for plugin, value in [
+        ("docmanager-extension/plugin", '{"autosave": false}'),  # never write back
+        ("apputils-extension/notification", '{"fetchNews": "false", "checkForUpdates": false}'),
+    ]:
         (settings / plugin).parent.mkdir(parents=True, exist_ok=True)
         (settings / plugin).with_suffix(".jupyterlab-settings").write_text(value)
     port, token = free_port(), secrets.token_hex(16)

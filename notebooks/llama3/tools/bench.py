@@ -16,7 +16,7 @@ Each approach runs in a fresh process so that its peak memory is its own:
   caches. At 17 tokens either may bind; a decode step (T = 1) is bound by the read. Also the
   disk's read throughput for the checkpoint file.
 
-    python scripts/bench.py [--model-dir build/llama3-8b-synthetic]
+    python scripts/bench/bench.py [--model-dir build/llama3-8b-synthetic]
 
 Prints a markdown table and writes build/bench.json and build/bench.md.
 
@@ -43,12 +43,10 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "notebooks"))
-import llama3  # noqa: E402
-import matmul_kernel  # noqa: E402
+import llama3
+from llama3 import kernel as matmul_kernel
 
-BUILD = HERE.parent / "build"
+BUILD = llama3.REPO_DIR / "build"
 
 
 # --- measuring ---------------------------------------------------------------------------
@@ -249,7 +247,9 @@ def matmul_rate(m: int, k: int, n: int, matmul=lambda a, b: a @ b.T, seconds: fl
 
 def run_floor(model_dir: Path) -> dict:
     config = llama3.read_params(model_dir)
-    tokens = len(llama3.encode_prompt(llama3.load_tokenizer(model_dir / "tokenizer.model"), llama3.DEFAULT_PROMPT, config))
+    tokens = len(
+        llama3.encode_prompt(llama3.load_tokenizer(model_dir / "tokenizer.model"), llama3.DEFAULT_PROMPT, config)
+    )
     D, F, kv = config.dim, config.ffn_hidden_dim, config.n_kv_heads * config.head_dim
     V = config.vocab_size
     shapes = {"square 4096": (4096, 4096, 4096), "wq/wo": (tokens, D, D), "wk/wv": (tokens, D, kv),
@@ -257,12 +257,15 @@ def run_floor(model_dir: Path) -> dict:
     rates = {name: matmul_rate(*shape) for name, shape in shapes.items()}  # torch's
     kernel_rates = {}
     if matmul_kernel.available():
-        kernel_rates = {name: matmul_rate(*shape, matmul=llama3.linear) for name, shape in shapes.items() if name != "square 4096"}
+        kernel_rates = {
+            name: matmul_rate(*shape, matmul=llama3.linear) for name, shape in shapes.items() if name != "square 4096"
+        }
     # The forward pass's matmuls, each at the rate torch reaches for its own shape.
     per_layer = {"wq/wo": 2, "wk/wv": 2, "w1/w3": 2, "w2": 1}
-    matmul_seconds = sum(
-        config.n_layers * count * 2 * math.prod(shapes[name]) / rates[name] for name, count in per_layer.items()
-    ) + 2 * math.prod(shapes["output"]) / rates["output"]
+    matmul_seconds = (
+        sum(config.n_layers * count * 2 * math.prod(shapes[name]) / rates[name] for name, count in per_layer.items())
+        + 2 * math.prod(shapes["output"]) / rates["output"]
+    )
     path = model_dir / "consolidated.00.pth"
     evict_from_page_cache(path)
     cold_read = read_whole_file(path)
@@ -334,7 +337,9 @@ def run_size(model_dir: Path) -> dict:
 
 
 def model_name(config: llama3.ModelConfig) -> str:
-    return next((n for n, p in llama3.FAMILY_PARAMS.items() if llama3.ModelConfig.from_params(p) == config), "other shape")
+    return next(
+        (n for n, p in llama3.FAMILY_PARAMS.items() if llama3.ModelConfig.from_params(p) == config), "other shape"
+    )
 
 
 def bench_sizes(model_dirs: list[Path]) -> None:
@@ -372,13 +377,16 @@ def bench_sizes(model_dirs: list[Path]) -> None:
         + ". Decode seconds per step: "
         + "; ".join(f"{n}: " + ", ".join(f"{t:.3f}" for t in r["step_seconds"]) for n, r in results.items())
         + ". Anonymous memory before loading (Python and torch): "
-        + ", ".join(f"{n} {r['anon_before_load_gib']:.2f} GiB" for n, r in results.items()) + ".",
+        + ", ".join(f"{n} {r['anon_before_load_gib']:.2f} GiB" for n, r in results.items())
+        + ".",
     ]
     table = "\n".join(lines)
     print("\n" + table)
     BUILD.mkdir(exist_ok=True)
     (BUILD / "sizes.md").write_text(table + "\n")
-    (BUILD / "sizes.json").write_text(json.dumps({"machine": machine_description(), "load_average": load, "models": results}, indent=2) + "\n")
+    (BUILD / "sizes.json").write_text(
+        json.dumps({"machine": machine_description(), "load_average": load, "models": results}, indent=2) + "\n"
+    )
 
 
 def prompt_token_ids(model_dir: Path) -> list[int]:
@@ -386,12 +394,18 @@ def prompt_token_ids(model_dir: Path) -> list[int]:
     return llama3.encode_prompt(llama3.load_tokenizer(model_dir / "tokenizer.model"), llama3.DEFAULT_PROMPT, config)
 
 
-def machine_description() -> str:
-    """CPU model (/proc/cpuinfo), cores, RAM and torch version."""
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the machine's architecture where there is none."""
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name")), platform.machine())
+    return next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.machine()
+    )
+
+
+def machine_description() -> str:
+    """CPU model, cores, RAM and torch version."""
     ram_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-    return f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, {ram_gib:.0f} GiB RAM, torch {torch.__version__}"
+    return f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, {ram_gib:.0f} GiB RAM, torch {torch.__version__}"
 
 
 APPROACHES = {"ours": run_ours, "baseline": run_baseline, "floor": run_floor, "decode": run_decode, "size": run_size}
@@ -404,7 +418,7 @@ def in_subprocess(approach: str, model_dir: Path, cache: str = "warm", env: dict
     discarded run of the same approach). With runs > 1: the run with the median forward time,
     and every run's forward seconds in "forward_runs"."""
     path = model_dir / "consolidated.00.pth"
-    command = [sys.executable, __file__, "--model-dir", str(model_dir), "--approach", approach]
+    command = [sys.executable, "-m", __spec__.name, "--model-dir", str(model_dir), "--approach", approach]
     environment = {**os.environ, **(env or {})}
     if cache in ("cold", "fresh"):
         evict_from_page_cache(path)
@@ -427,18 +441,22 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=BUILD / "llama3-8b-synthetic")
     parser.add_argument("--approach", choices=sorted(APPROACHES), help=argparse.SUPPRESS)
     parser.add_argument("--skip-baseline", action="store_true", help="skip the 16 GB in-RAM baseline")
-    parser.add_argument("--sizes", type=Path, nargs="+", metavar="DIR", help="what each checkpoint needs: build/sizes.md")
+    parser.add_argument(
+        "--sizes", type=Path, nargs="+", metavar="DIR", help="what each checkpoint needs: build/sizes.md"
+    )
     args = parser.parse_args()
     if args.sizes:
         for model_dir in args.sizes:
             try:
-                llama3.check_checkpoint_dir(model_dir)
+                llama3.checkpoint_layout(model_dir)
             except llama3.CheckpointError as e:
-                sys.exit(f"error: {e}\nWrite the synthetic checkpoints with `make synthetic-1b synthetic-3b synthetic-8b`.")
+                sys.exit(
+                    f"error: {e}\nWrite the synthetic checkpoints with `make synthetic-1b synthetic-3b synthetic-8b`."
+                )
         bench_sizes(args.sizes)
         return
     try:
-        llama3.check_checkpoint_dir(args.model_dir)
+        llama3.checkpoint_layout(args.model_dir)
     except llama3.CheckpointError as e:
         sys.exit(f"error: {e}\nBuild the synthetic 8B checkpoint with `make synthetic-8b`.")
     if args.approach:
@@ -462,7 +480,9 @@ def main() -> None:
     floor["bandwidth_floor_seconds"] = weights_gb / bw
     floor["decode_floor_seconds"] = decode_gb / bw
     floor["floor_seconds"] = max(floor["compute_floor_seconds"], floor["bandwidth_floor_seconds"])
-    floor["floor_binds"] = "compute" if floor["compute_floor_seconds"] >= floor["bandwidth_floor_seconds"] else "memory bandwidth"
+    floor["floor_binds"] = (
+        "compute" if floor["compute_floor_seconds"] >= floor["bandwidth_floor_seconds"] else "memory bandwidth"
+    )
 
     size_gb = (args.model_dir / "consolidated.00.pth").stat().st_size / 2**30
     machine = machine_description()
@@ -478,7 +498,8 @@ def main() -> None:
         f"Machine: {machine}. Checkpoint: {args.model_dir.name} ({size_gb:.1f} GiB, {floor['parameters'] / 1e9:.2f}e9 parameters), "
         f"{floor['tokens']} prompt tokens. Weight matmuls: {matmul_kernel.backend()}. "
         f"Memory bandwidth: {bw:.1f} GB/s ({floor['bandwidth_method']}; best of "
-        + ", ".join(f"{b:.1f}" for b in measured) + " GB/s measured in this run). "
+        + ", ".join(f"{b:.1f}" for b in measured)
+        + " GB/s measured in this run). "
         f"Load average (1, 5, 15 min) at the end: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}.",
         "",
         f"Forward pass over the prompt: floor {fl:.2f} s, the larger of compute ({floor['compute_floor_seconds']:.2f} s) "
@@ -523,19 +544,30 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     for name, r in (("ours", decode), ("ours, torch's matmul (LLAMA3_MATMUL=torch)", decode_torch)):
-        lines.append(f"| {name} | {r['median_seconds']:.3f} | {1 / r['median_seconds']:.2f} | {100 * dfl / r['median_seconds']:.0f}% |")
+        lines.append(
+            f"| {name} | {r['median_seconds']:.3f} | {1 / r['median_seconds']:.2f} | {100 * dfl / r['median_seconds']:.0f}% |"
+        )
     lines.append(f"| floor: reading the weights once per token, {floor['weight_gb_decode']:.1f} GB at {bw:.1f} GB/s | "
                  f"{dfl:.3f} | {1 / dfl:.2f} | 100% |")  # fmt: skip
     lines += [
         "",
         "bf16 matmul GFLOP/s by shape: "
         + ", ".join(f"{k} {v:.0f}" for k, v in floor["matmul_gflops"].items())
-        + (". The kernel's: " + ", ".join(f"{k} {v:.0f}" for k, v in floor["kernel_gflops"].items()) if floor["kernel_gflops"] else "")
+        + (
+            ". The kernel's: " + ", ".join(f"{k} {v:.0f}" for k, v in floor["kernel_gflops"].items())
+            if floor["kernel_gflops"]
+            else ""
+        )
         + f". Cold run read {cold.get('disk_read_gb', 0):.1f} GiB from disk for a {size_gb:.1f} GiB file."
-        + " Warm forward seconds, each run: " + ", ".join(f"{t:.2f}" for t in warm["forward_runs"])
-        + "; with torch's matmul: " + ", ".join(f"{t:.2f}" for t in warm_torch["forward_runs"])
-        + ". Decode seconds per step: " + ", ".join(f"{t:.3f}" for t in decode["step_seconds"])
-        + "; with torch's matmul: " + ", ".join(f"{t:.3f}" for t in decode_torch["step_seconds"]) + ".",
+        + " Warm forward seconds, each run: "
+        + ", ".join(f"{t:.2f}" for t in warm["forward_runs"])
+        + "; with torch's matmul: "
+        + ", ".join(f"{t:.2f}" for t in warm_torch["forward_runs"])
+        + ". Decode seconds per step: "
+        + ", ".join(f"{t:.3f}" for t in decode["step_seconds"])
+        + "; with torch's matmul: "
+        + ", ".join(f"{t:.3f}" for t in decode_torch["step_seconds"])
+        + ".",
     ]
     table = "\n".join(lines)
     print("\n" + table)

@@ -15,7 +15,7 @@ them). Each process gets max(1, cores // N) threads: with more processes than co
 From the per-layer figures it estimates a token of the whole Llama 3 70B (80 layers) and Llama 3.1 405B
 (126 layers), on this machine and, on paper, on 8 GPUs with NVLink and on 2 nodes over 100 Gb/s Ethernet.
 
-    python scripts/bench_tp.py [--model-dir build/llama3-70b-slice]
+    python scripts/bench/bench_tp.py [--model-dir build/llama3-70b-slice]
 
 Prints a markdown table and writes build/bench-tp.md and build/bench-tp.json.
 """
@@ -36,12 +36,10 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "notebooks"))
-sys.path.insert(0, str(HERE))
-import llama3  # noqa: E402
+import llama3
+from llama3.tools.bench import cpu_model
 
-BUILD = HERE.parent / "build"
+BUILD = llama3.REPO_DIR / "build"
 PROCESSES = (1, 2, 4, 8)
 PROMPT_PASSES = 7  # timed forward passes over the prompt, after one untimed
 DECODE_STEPS = 10  # timed decode steps, after one untimed
@@ -101,7 +99,9 @@ def measure(forward_parts, n_layers: int, prompt_ids, new_cache, reference=None)
         if reference is not None and not torch.equal(out, reference(prompt_ids)):
             raise AssertionError("the timed loop's logits differ from the module's forward pass")
         top1 = int(out[-1].argmax())
-        prompt = [timed_pass(*forward_parts(prompt_ids, None, False), n_layers, collectives)[1] for _ in range(PROMPT_PASSES)]
+        prompt = [
+            timed_pass(*forward_parts(prompt_ids, None, False), n_layers, collectives)[1] for _ in range(PROMPT_PASSES)
+        ]
         cache = new_cache()
         logits, _ = timed_pass(*forward_parts(prompt_ids, cache, True), n_layers, collectives)
         token, decode = int(logits[-1].argmax()), []
@@ -211,7 +211,7 @@ def wait_for_quiet(waited: list[float], max_wait: float) -> dict:
 def run_processes(model_dir: Path, n: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), __file__,
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), "-m", __spec__.name,
                "--model-dir", str(model_dir), "--worker", out]  # fmt: skip
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         return [json.loads((Path(out) / f"rank-{r}.json").read_text()) for r in range(n)]
@@ -219,7 +219,9 @@ def run_processes(model_dir: Path, n: int) -> list[dict]:
 
 def run_one_process(model_dir: Path) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, __file__, "--model-dir", str(model_dir), "--one-process", out], check=True)
+        subprocess.run(
+            [sys.executable, "-m", __spec__.name, "--model-dir", str(model_dir), "--one-process", out], check=True
+        )
         return json.loads((Path(out) / "one-process.json").read_text())
 
 
@@ -260,7 +262,10 @@ def estimates(slice_params: dict, runs: dict, one: dict, tokens: int) -> list[st
              "slowest rank's median per-layer time x layers + the embedding and logits, the 405B's per-layer time scaled",
              "by its layer's bytes (memory-bound) and its ends by theirs:", "",
              "| run | 70B decode s/token | 70B prompt s | 405B decode s/token | 405B prompt s |", "|---|---|---|---|---|"]  # fmt: skip
-    rows = [(f"{n} process{'es' if n > 1 else ''}", max(ranks, key=lambda r: r["decode"]["layer_seconds"])) for n, ranks in runs.items()]
+    rows = [
+        (f"{n} process{'es' if n > 1 else ''}", max(ranks, key=lambda r: r["decode"]["layer_seconds"]))
+        for n, ranks in runs.items()
+    ]
     rows.append(("one process, shard by shard", one))
     for name, r in rows:
         cells = []
@@ -269,7 +274,9 @@ def estimates(slice_params: dict, runs: dict, one: dict, tokens: int) -> list[st
             n_layers = FULL[model]["n_layers"]
             for phase in ("decode", "prompt"):
                 p = r[phase]
-                cells.append(p["layer_seconds"] * layer / slice_layer * n_layers + p["ends_seconds"] * ends / slice_ends)
+                cells.append(
+                    p["layer_seconds"] * layer / slice_layer * n_layers + p["ends_seconds"] * ends / slice_ends
+                )
         lines.append(f"| {name} | " + " | ".join(f"{c:.2f}" for c in (cells[0], cells[1], cells[2], cells[3])) + " |")
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     lines += ["", "These assume the weights stay in memory. They do not fit in this machine's "
@@ -288,7 +295,9 @@ def estimates(slice_params: dict, runs: dict, one: dict, tokens: int) -> list[st
             per_rank = (layer * params["n_layers"] + ends) / 8
             read = per_rank / (gpu["hbm_gb_per_s"] * 1e9)
             n_reduce = 2 * params["n_layers"]
-            one_reduce = lambda t: 2 * 7 / 8 * t * params["dim"] * 2 / (net["gb_per_s"] * 1e9) + net["latency_us"] * 1e-6  # noqa: E731
+            one_reduce = lambda t, dim=params["dim"], net=net: (
+                2 * 7 / 8 * t * dim * 2 / (net["gb_per_s"] * 1e9) + net["latency_us"] * 1e-6
+            )
             lines.append(f"| {setting} | {model} | {gpu['name']} ({gpu['hbm_gb_per_s'] / 1000:.2f} TB/s) | {per_rank / 1e9:.1f} | "
                          f"{read * 1e3:.1f} ms | {n_reduce} | {one_reduce(1) * 1e6:.1f} | {read + n_reduce * one_reduce(1):.4f} | "
                          f"{n_reduce * one_reduce(tokens):.4f} |")  # fmt: skip
@@ -315,7 +324,9 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=BUILD / "llama3-70b-slice")
     parser.add_argument("--processes", type=int, nargs="+", default=list(PROCESSES))
     parser.add_argument("--keep", action="store_true", help="keep the slice regrouped in 1, 2, 4 shards")
-    parser.add_argument("--max-wait-minutes", type=float, default=20, help="at most this long, in all, waiting for quiet")
+    parser.add_argument(
+        "--max-wait-minutes", type=float, default=20, help="at most this long, in all, waiting for quiet"
+    )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--one-process", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -329,8 +340,6 @@ def main() -> None:
             raise llama3.CheckpointError(f"{args.model_dir} holds no consolidated.NN.pth")
     except llama3.CheckpointError as e:
         sys.exit(f"error: {e}\nWrite the slice with `make synthetic-70b-slice`.")
-    from write_shards import regroup
-
     n_files, waited = len(files), []
     params = json.loads((args.model_dir / "params.json").read_text())
     config = llama3.ModelConfig.from_params(params)
@@ -341,11 +350,11 @@ def main() -> None:
         if not (folder / "params.json").exists():
             print(f"regrouping {args.model_dir.name} into {n} shards: {folder}", flush=True)
             shutil.rmtree(folder, ignore_errors=True)
-            regroup(args.model_dir, folder, n)
+            llama3.reshard(args.model_dir, folder, n)
         read_files(folder)
         quiet[n] = wait_for_quiet(waited, 60 * args.max_wait_minutes)
         print(f"{n} processes ({quiet[n]['busy_cores_before']:.1f} cores busy before) ...", flush=True)
-        runs[n], quiet[n]["busy_cores_during"] = others_during(lambda: run_processes(folder, n))
+        runs[n], quiet[n]["busy_cores_during"] = others_during(lambda folder=folder, n=n: run_processes(folder, n))
         if folder != args.model_dir and not args.keep:
             shutil.rmtree(folder)
     read_files(args.model_dir)
@@ -355,10 +364,12 @@ def main() -> None:
     load = os.getloadavg()
 
     cores = os.cpu_count() or 1
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.machine())
+    cpu = cpu_model()
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     slice_layer, slice_ends = model_bytes(params)
-    tokens = len(llama3.encode_prompt(llama3.load_tokenizer(args.model_dir / "tokenizer.model"), llama3.DEFAULT_PROMPT, config))
+    tokens = len(
+        llama3.encode_prompt(llama3.load_tokenizer(args.model_dir / "tokenizer.model"), llama3.DEFAULT_PROMPT, config)
+    )
     lines = [
         f"Machine: {cpu} ({platform.machine()}), {cores} cores, {ram:.0f} GiB RAM, torch {torch.__version__}, gloo; "
         f"measured {started}. Checkpoint: {args.model_dir.name} (dim {config.dim}, {config.n_heads} query and "
@@ -375,14 +386,19 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, ranks in runs.items():
-        name = f"{n} process{'es' if n > 1 else ''}" + (f" on {cores} cores (oversubscribed {n // cores}x)" if n > cores else "")
+        name = f"{n} process{'es' if n > 1 else ''}" + (
+            f" on {cores} cores (oversubscribed {n // cores}x)" if n > cores else ""
+        )
         lines += [row(name, n, r) for r in ranks]
     lines.append(row(f"one process, {n_files} shards (llama3.forward on ShardedWeights)", 1, one))
     lines += [
         "",
         f"Quiet: cores kept busy by other work (of {cores}) just before / during each run: "
-        + ", ".join(f"{'one process' if k == 'one' else str(k) + ' processes'}: {v['busy_cores_before']:.1f} / "
-                    f"{v['busy_cores_during']:.1f}" for k, v in quiet.items())
+        + ", ".join(
+            f"{'one process' if k == 'one' else str(k) + ' processes'}: {v['busy_cores_before']:.1f} / "
+            f"{v['busy_cores_during']:.1f}"
+            for k, v in quiet.items()
+        )
         + f"; waited {sum(waited):.0f} s for quiet. Load average at the end (1, 5, 15 min): {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}. "
         "With 4 and 8 processes on 2 cores, each process has 1 thread and the processes take turns on the cores: "
         "their times are those of a CPU shared 2 and 4 ways, not of 4 or 8 machines, and the collectives' share "
@@ -394,7 +410,9 @@ def main() -> None:
     print("\n" + table)
     BUILD.mkdir(exist_ok=True)
     (BUILD / "bench-tp.md").write_text(table + "\n")
-    (BUILD / "bench-tp.json").write_text(json.dumps({"runs": runs, "one_process": one, "quiet": quiet, "load": load}, indent=1) + "\n")
+    (BUILD / "bench-tp.json").write_text(
+        json.dumps({"runs": runs, "one_process": one, "quiet": quiet, "load": load}, indent=1) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -1,19 +1,18 @@
 """Build the demo checkpoint in Meta's original layout from the committed trained parameters.
 
 Writes build/llama3-demo/{consolidated.00.pth, params.json, tokenizer.model}:
-- the layers and norms from scripts/demo_checkpoint/trained.pt (see train_demo.py);
+- the layers and norms from scripts/demo/trained/trained.pt (see train_demo.py);
 - tok_embeddings and output at the full vocabulary of 128256: the rows of the tokens the
   corpus uses come from training, every other row stays at its initial random value (numpy's
   legacy generator, whose stream is fixed across platforms and versions);
 - Meta's tokenizer.model from the llama-models package, checked against its sha256.
-The result is byte-identical on every machine; scripts/demo_checkpoint/consolidated.sha256
+The result is byte-identical on every machine; scripts/demo/trained/consolidated.sha256
 records the expected digest and the tests check it.
 
-    python scripts/build_demo_checkpoint.py [--out DIR]
+    python scripts/demo/build_demo_checkpoint.py [--out DIR]
 """
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -21,10 +20,8 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "notebooks"))
-import llama3  # noqa: E402
-from train_demo import DEMO, demo_config, full_weights, reference_tokenizer_path  # noqa: E402
+import llama3
+from llama3.tools.train_demo import DEMO, demo_config, full_weights
 
 
 def demo_weights() -> dict[str, torch.Tensor]:
@@ -37,7 +34,7 @@ def demo_weights() -> dict[str, torch.Tensor]:
 
 
 def build(out: Path) -> Path:
-    tokenizer = reference_tokenizer_path()
+    tokenizer = llama3.meta_tokenizer_model()
     if llama3.sha256_of(tokenizer) != llama3.META_TOKENIZER_SHA256:
         sys.exit(f"{tokenizer} is not Meta's Llama 3 tokenizer.model (sha256 differs); reinstall llama-models.")
     out.parent.mkdir(parents=True, exist_ok=True)

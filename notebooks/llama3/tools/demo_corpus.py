@@ -14,7 +14,7 @@ Three kinds of line, mixed at random and packed into sequences that open with <|
 - echoes, "say w1 ... wk. say w1 ... wk.": a span (random words, or a whole question) said
   twice; the second copy is predicted by finding the first and copying what followed it.
 
-    python scripts/demo_corpus.py [N]   # print N lines
+    python -m llama3.tools.demo_corpus [N]   # print N lines
 """
 
 import random

@@ -4,23 +4,18 @@ Left: the logit lens, the rank of "42" at the last position after the embeddings
 layer. Right: the best previous-token, sink, answer-word and induction heads, found with the
 module's own scores (notebooks 10, 11 and 15 use the same functions).
 
-    python scripts/draw_demo_figure.py        # needs `make demo` first
+    python scripts/demo/draw_demo_figure.py        # needs `make demo` first
 """
-
-import sys
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "notebooks"))
 import llama3  # noqa: E402
-import plots  # noqa: E402
+from llama3 import plots  # noqa: E402
 
-OUT = HERE.parent / "images" / "demo_checkpoint.svg"
+OUT = llama3.REPO_DIR / "images" / "demo_checkpoint.svg"
 
 
 def main() -> None:
@@ -34,7 +29,12 @@ def main() -> None:
     panels = [
         ("previous token", trace, prompt, llama3.head_scores(trace, llama3.previous_token_scores)),
         ("sink", trace, prompt, llama3.head_scores(trace, llama3.sink_scores)),
-        ("last → life, universe", trace, prompt, llama3.head_scores(trace, llama3.attention_from_last, answer_positions)),
+        (
+            "last → life, universe",
+            trace,
+            prompt,
+            llama3.head_scores(trace, llama3.attention_from_last, answer_positions),
+        ),
         ("induction", echo_trace, echo, llama3.head_scores(echo_trace, llama3.induction_scores, llama3.ECHO_PERIOD)),
     ]
     ranks = llama3.lens_ranks(trace, ck.weights, ck.config, 2983)

@@ -7,21 +7,19 @@ Transformer, and bfloat16 against float32 weights. Each difference is printed re
 largest |logit| and as a fraction of llama3.logits_tolerance(config), one JSON line per trial.
 notebooks/12_kv_cache_generation.ipynb quotes its results.
 
-    python scripts/rounding_trials.py --layers 8 --dim 4096 --seeds 0 1
+    python scripts/bench/rounding_trials.py --layers 8 --dim 4096 --seeds 0 1
 """
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))
-import llama3  # noqa: E402
-import make_checkpoint  # noqa: E402
+import llama3
+from llama3.tools.synthetic import RandomWeights
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -29,14 +27,9 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs().amax(-1) / b.abs().amax(-1)).max())
 
 
-def random_weights(config, embedding_std, weight_std, seed):
-    """The random weights make_checkpoint writes, in memory instead of a file."""
-    gen = torch.Generator().manual_seed(seed)
-    weights = {}
-    for key, shape in llama3.expected_shapes(config).items():
-        weights[key] = torch.empty(shape, dtype=torch.bfloat16)
-        make_checkpoint.fill_random(weights[key], key, gen, embedding_std, weight_std)
-    return weights
+def random_weights(params, embedding_std, weight_std, seed):
+    """The random weights synthetic.write_checkpoint writes, in memory instead of a file."""
+    return dict(RandomWeights(params, seed, embedding_std, weight_std=weight_std))
 
 
 def main():
@@ -46,14 +39,24 @@ def main():
     parser.add_argument("--vocab", type=int, default=32000, help="smaller than 128256 to save memory")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--embedding-stds", type=float, nargs="+", default=[1.0, 0.02])
-    parser.add_argument("--weight-stds", nargs="+", default=["0.05", "0.02", "fan_in"],
-                        help="std of the matrices; fan_in means 1/sqrt(fan_in)")
+    parser.add_argument(
+        "--weight-stds",
+        nargs="+",
+        default=["0.05", "0.02", "fan_in"],
+        help="std of the matrices; fan_in means 1/sqrt(fan_in)",
+    )
     parser.add_argument("--no-float32", action="store_true", help="skip the float32 run (it needs 3x the memory)")
     args = parser.parse_args()
 
     n_heads = args.dim // 128
-    params = dict(llama3.LLAMA3_8B_PARAMS, dim=args.dim, n_layers=args.layers, n_heads=n_heads,
-                  n_kv_heads=max(1, n_heads // 4), vocab_size=args.vocab)
+    params = dict(
+        llama3.LLAMA3_8B_PARAMS,
+        dim=args.dim,
+        n_layers=args.layers,
+        n_heads=n_heads,
+        n_kv_heads=max(1, n_heads // 4),
+        vocab_size=args.vocab,
+    )
     config = llama3.ModelConfig.from_params(params)
     tokenizer = llama3.load_tokenizer(llama3.DEMO_DIR / "tokenizer.model")
     token_ids = [t % args.vocab for t in llama3.encode_prompt(tokenizer, llama3.DEFAULT_PROMPT, llama3.LLAMA3_8B)]
@@ -66,7 +69,7 @@ def main():
             weight_std = None if weight_std_arg == "fan_in" else float(weight_std_arg)
             for seed in args.seeds:
                 started = time.time()
-                weights = random_weights(config, embedding_std, weight_std, seed)
+                weights = random_weights(params, embedding_std, weight_std, seed)
                 full = llama3.forward(weights, config, token_ids)
                 cache = llama3.KVCache(config.n_layers)
                 parts = [llama3.forward(weights, config, token_ids[:4], cache=cache)]

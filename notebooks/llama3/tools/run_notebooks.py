@@ -4,7 +4,7 @@ Writes build/executed/NN_*.ipynb, build/html/NN_*.html and build/run-summary.jso
 prints the prompt, its token count and the top 5 next tokens. Reads LLAMA3_DIR and
 LLAMA3_PROMPT like the notebooks do. Bad input stops the run with one message and exit 2.
 
-    python scripts/run_notebooks.py [notebooks ...]
+    python scripts/run/run_notebooks.py [notebooks ...]
 """
 
 import argparse
@@ -19,12 +19,12 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from nbconvert import HTMLExporter
 
-REPO = Path(__file__).resolve().parent.parent
+import llama3
+
+REPO = llama3.REPO_DIR
 NOTEBOOKS = REPO / "notebooks"
 BUILD = REPO / "build"
 KERNEL = "llama3-from-scratch"
-sys.path.insert(0, str(NOTEBOOKS))
-import llama3  # noqa: E402
 
 # Run in the kernel of the notebook that ends the main sequence (09): it holds `ck`,
 # `token_ids` and `logits` [tokens, vocab], so the answer is read, not computed again.
@@ -45,9 +45,7 @@ def fail(message: str) -> None:
 
 def execute(path: Path, capture_summary: bool) -> tuple[nbformat.NotebookNode, dict | None]:
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb, kernel_name=KERNEL, timeout=3600, resources={"metadata": {"path": str(NOTEBOOKS)}}
-    )
+    client = NotebookClient(nb, kernel_name=KERNEL, timeout=3600, resources={"metadata": {"path": str(NOTEBOOKS)}})
     summary = None
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
@@ -115,7 +113,9 @@ def main() -> None:
         print("top 5 next tokens:")
         for rank, (token_id, text, prob) in enumerate(summary["top5"], 1):
             print(f"  {rank}. {token_id:>6}  {text!r:<16} {prob:.4f}")
-    print(f"\nexecuted notebooks: {BUILD / 'executed'}   html: {BUILD / 'html'}   summary: {BUILD / 'run-summary.json'}")
+    print(
+        f"\nexecuted notebooks: {BUILD / 'executed'}   html: {BUILD / 'html'}   summary: {BUILD / 'run-summary.json'}"
+    )
 
 
 if __name__ == "__main__":

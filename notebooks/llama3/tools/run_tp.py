@@ -6,8 +6,8 @@ key/value cache, and writes build/run-tp-summary.json (the fields of `make run`'
 Without LLAMA3_DIR it runs the demo checkpoint cut into as many shards as there are processes
 (build/llama3-demo-N-shards, written if missing).
 
-    torchrun --standalone --nproc-per-node 2 scripts/run_tp.py        # one machine, two processes
-    python scripts/run_tp.py --nproc-per-node 2                        # the same (`make run-tp NPROC=2`)
+    torchrun --standalone --nproc-per-node 2 scripts/run/run_tp.py    # one machine, two processes
+    python scripts/run/run_tp.py --nproc-per-node 2                    # the same (`make run-tp NPROC=2`)
 
 Bad input stops every rank; rank 0 prints one message and every rank exits with code 2.
 """
@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "notebooks"))
+import llama3
+
+REPO = llama3.REPO_DIR
 
 DEFAULT_NEW_TOKENS = 16
 
@@ -28,7 +29,9 @@ DEFAULT_NEW_TOKENS = 16
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nproc-per-node", type=int, default=None, help="start torchrun with this many processes")
-    parser.add_argument("--save-logits", type=Path, help="rank 0 saves the prompt's float32 logits and the generated ids here")
+    parser.add_argument(
+        "--save-logits", type=Path, help="rank 0 saves the prompt's float32 logits and the generated ids here"
+    )
     parser.add_argument("--summary", type=Path, default=REPO / "build" / "run-tp-summary.json")
     return parser.parse_args(argv)
 
@@ -52,7 +55,7 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
         del worker_args[i : i + 2]
     worker_args = [a for a in worker_args if not a.startswith("--nproc-per-node=")]
     n = args.nproc_per_node or 1
-    config = torchrun.parse_args(["--standalone", "--nproc-per-node", str(n), str(Path(__file__).resolve()), *worker_args])
+    config = torchrun.parse_args(["--standalone", "--nproc-per-node", str(n), "-m", __spec__.name, *worker_args])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # the cores shared out
     try:
         torchrun.run(config)
@@ -60,7 +63,10 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
         codes = {rank: failure.exitcode for rank, failure in sorted(e.failures.items())}
         if 2 in codes.values():  # bad input, which rank 0 has already explained
             sys.exit(2)
-        how = ", ".join(f"rank {r} " + (f"was killed by signal {-c}" if c < 0 else f"exited with code {c}") for r, c in codes.items())
+        how = ", ".join(
+            f"rank {r} " + (f"was killed by signal {-c}" if c < 0 else f"exited with code {c}")
+            for r, c in codes.items()
+        )
         print(f"run_tp: stopped: {how} (torchrun ends every rank when one fails).", file=sys.stderr)
         sys.exit(1)
 
@@ -74,7 +80,7 @@ def demo_shards(n_shards: int, local_rank: int) -> Path:
     if local_rank == 0 and not (target / "params.json").exists():
         demo = llama3.load_checkpoint(llama3.DEMO_DIR, device="cpu")
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
-        llama3.write_meta_shards(demo, partial, n_shards)
+        llama3.reshard(demo, partial, n_shards)
         if target.exists():  # left over without params.json: incomplete
             import shutil
 
@@ -116,7 +122,7 @@ def work(args: argparse.Namespace) -> None:
     shard = prompt = token_ids = tokenizer = None
     try:
         if not (ckpt_dir / "params.json").exists():
-            llama3.check_checkpoint_dir(ckpt_dir)  # no folder, no shards, or params.json missing: says which
+            llama3.checkpoint_layout(ckpt_dir)  # no folder, no shards, or params.json missing: says which
         shard = llama3.load_rank_shard(ckpt_dir, llama3.read_params(ckpt_dir), rank, world_size, device)
         tokenizer = llama3.load_tokenizer(ckpt_dir / "tokenizer.model", shard.config.release)
         if tokenizer.n_vocab != shard.config.vocab_size:
@@ -162,9 +168,11 @@ def report_rank0(args, shard, ckpt_dir, prompt, token_ids, tokenizer, logits, ge
 
     c = shard.config
     print(f"{ckpt_dir}: {shard.world_size} processes, rank r reads consolidated.0r.pth only")
-    print(f"each rank: {shard.heads_config.n_heads} of {c.n_heads} query heads, {shard.heads_config.n_kv_heads} of "
-          f"{c.n_kv_heads} key/value heads, {c.ffn_hidden_dim // shard.world_size} of {c.ffn_hidden_dim} FFN units, "
-          f"{shard.vocab_end - shard.vocab_start} of {c.vocab_size} vocabulary rows")
+    print(
+        f"each rank: {shard.heads_config.n_heads} of {c.n_heads} query heads, {shard.heads_config.n_kv_heads} of "
+        f"{c.n_kv_heads} key/value heads, {c.ffn_hidden_dim // shard.world_size} of {c.ffn_hidden_dim} FFN units, "
+        f"{shard.vocab_end - shard.vocab_start} of {c.vocab_size} vocabulary rows"
+    )
     top5 = llama3.top_k_tokens(logits[-1], tokenizer, 5)
     print(f"\nprompt: {prompt!r}")
     print(f"tokens: {len(token_ids)}")

@@ -7,7 +7,7 @@ For each (embedding std, weight std, seed) this writes a random checkpoint in Me
   against a forward pass over the whole sequence so far, as notebook 12 does;
 - meta: ours against Meta's reference Transformer on the same file (llama3.meta_reference_logits);
 - per-head: the module's forward against the usual per-head derivation (every head's q, k and v
-  from its own slice of the weights, in a Python loop: scripts/bench.py's naive_forward).
+  from its own slice of the weights, in a Python loop: llama3.tools.bench's naive_forward).
 
 Per comparison: the largest |difference| of the logits, the same over the largest |logit| and over
 the logits' standard deviation (each row's, the largest ratio over rows), the largest difference of
@@ -15,7 +15,7 @@ log-softmax, and whether the top-1 tokens agree (where they do not, how far belo
 the chosen token's reference logit lies). The default synthetic checkpoint (`make synthetic-8b`) is
 measured too if it exists.
 
-    python scripts/tolerance_trials.py [--steps 4] [--trials 1.0,0.05,0 0.02,0.02,1 ...]
+    python scripts/bench/tolerance_trials.py [--steps 4] [--trials 1.0,0.05,0 0.02,0.02,1 ...]
 
 Writes build/tolerance-trials.json and build/tolerance-trials.md.
 """
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "notebooks"))
-import llama3  # noqa: E402
+import llama3
+from llama3.tools.bench import naive_forward
+from llama3.tools.synthetic import write_checkpoint
 
-BUILD = HERE.parent / "build"
+BUILD = llama3.REPO_DIR / "build"
 DEFAULT_TRIALS = ["1.0,0.05,0", "0.02,0.02,1", "1.0,0.02,2", "0.02,0.05,3"]
 
 
@@ -61,8 +61,6 @@ def differences(got: torch.Tensor, ref: torch.Tensor) -> dict:
 
 def measure(model_dir: Path, steps: int) -> dict:
     """The three comparisons on one checkpoint (run in a fresh process)."""
-    from bench import naive_forward
-
     ck = llama3.load_checkpoint(model_dir, device="cpu")
     token_ids = llama3.encode_prompt(ck.tokenizer, llama3.DEFAULT_PROMPT, ck.config)
     started = time.perf_counter()
@@ -90,7 +88,7 @@ def measure(model_dir: Path, steps: int) -> dict:
 
 
 def in_subprocess(model_dir: Path, steps: int) -> dict:
-    command = [sys.executable, __file__, "--measure", str(model_dir), "--steps", str(steps)]
+    command = [sys.executable, "-m", __spec__.name, "--measure", str(model_dir), "--steps", str(steps)]
     out = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -122,8 +120,6 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(args.measure, args.steps)))
         return
-
-    from make_checkpoint import write_checkpoint
 
     results = []
     default = BUILD / "llama3-8b-synthetic"

@@ -3,7 +3,7 @@ own generation code runs it: started by torchrun with one process per shard, fai
 size, and each rank's Transformer holding its own consolidated.0r.pth (load_state_dict, strict). The yardstick
 for llama3.parallel (tests/test_tensor_parallel.py). Rank 0 saves the prompt's float32 logits [T, V].
 
-    torchrun --standalone --nproc-per-node 2 scripts/run_tp_reference.py CKPT_DIR OUT.pt
+    torchrun --standalone --nproc-per-node 2 -m llama3.tools.tp_reference CKPT_DIR OUT.pt
 """
 
 import contextlib
@@ -15,10 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "notebooks"))
-
-import llama3  # noqa: E402
+import llama3
 
 
 def main() -> None:

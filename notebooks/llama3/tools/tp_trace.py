@@ -7,7 +7,7 @@ held and computed: its slices' shapes, the shard files it has mapped (from /proc
 rows before and after the all_reduce, its partial sums after wo and w2 and their sums, its slice of the
 logits and the gathered logits.
 
-    torchrun --standalone --nproc-per-node 2 scripts/tp_trace.py build/llama3-demo-2-shards OUT
+    torchrun --standalone --nproc-per-node 2 -m llama3.tools.tp_trace build/llama3-demo-2-shards OUT
 """
 
 import re
@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))
-import llama3  # noqa: E402
+import llama3
 
 
 def mapped_shard_files() -> list[str]:
@@ -36,14 +35,17 @@ def main(ckpt_dir: Path, out_dir: Path) -> None:
 
     with torch.inference_mode():
         here = torch.tensor([shard.vocab_start <= i < shard.vocab_end for i in token_ids])
-        embedding_rows = llama3.embed(shard.weights["tok_embeddings.weight"], torch.where(here, torch.tensor(token_ids) - shard.vocab_start, 0))
+        embedding_rows = llama3.embed(
+            shard.weights["tok_embeddings.weight"], torch.where(here, torch.tensor(token_ids) - shard.vocab_start, 0)
+        )
         embedding_rows = embedding_rows.masked_fill(~here[:, None], 0)  # this rank's rows, zeros for the others'
         x = llama3.vocab_parallel_embed(shard, token_ids)  # the all_reduce of every rank's rows
 
         freqs_cis = llama3.rope_freqs_cis(config, len(token_ids))
         lw = llama3.layer_weights(shard.weights, 0)
-        attention_partial = llama3.attention(llama3.rms_norm(x, lw.attention_norm, config.norm_eps), lw,
-                                             shard.heads_config, freqs_cis)  # this rank's heads, through its wo columns
+        attention_partial = llama3.attention(
+            llama3.rms_norm(x, lw.attention_norm, config.norm_eps), lw, shard.heads_config, freqs_cis
+        )  # this rank's heads, through its wo columns
         attention_sum = llama3.all_reduce_partial_sums(attention_partial)
         h = x + attention_sum
         ffn_partial = llama3.feed_forward(llama3.rms_norm(h, lw.ffn_norm, config.norm_eps), lw)

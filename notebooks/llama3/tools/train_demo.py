@@ -1,8 +1,8 @@
 """Train the demo checkpoint: Llama 3 in miniature, on text generated for this project.
 
 The model is the walkthrough's own forward pass (the package notebooks/llama3) at the shape in
-scripts/demo_checkpoint/params.json, trained in float32 to predict every next token of
-sequences from scripts/demo_corpus.py (questions whose answer depends on two words far back,
+scripts/demo/trained/params.json, trained in float32 to predict every next token of
+sequences from demo_corpus.py (questions whose answer depends on two words far back,
 and spans said twice). The loss counts the untrained rows of the vocabulary too (as one
 logit that stands for all of them), so the probabilities hold at the full vocabulary. Only
 the embedding and output rows of the tokens the corpus uses are trained and saved
@@ -17,27 +17,23 @@ The saved files are committed, so building the checkpoint never needs training: 
 only to change the demo model. Training is deterministic on one machine (fixed seed, one
 thread); another machine may round differently, which is why its result is committed.
 
-    python scripts/train_demo.py [--seed N] [--out DIR]
+    python scripts/demo/train_demo.py [--seed N] [--out DIR]
 """
 
 import argparse
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "notebooks"))
-sys.path.insert(0, str(HERE))
-import demo_corpus  # noqa: E402
-import llama3  # noqa: E402
+import llama3
+from llama3.tools import demo_corpus
 
-DEMO = HERE / "demo_checkpoint"
+DEMO = llama3.REPO_DIR / "scripts" / "demo" / "trained"  # the committed result of training
 SEED = 0
 STEPS = 2400
 BATCH = 24
@@ -48,12 +44,6 @@ INIT_STD = 0.02
 LOG_EVERY = 100
 REPLAY_STEPS = 30  # losses saved one by one, for notebook 15 to replay
 ANSWER_ID = 2983  # "42"
-
-
-def reference_tokenizer_path() -> Path:
-    import llama_models.llama3
-
-    return Path(llama_models.llama3.__file__).parent / "tokenizer.model"
 
 
 def demo_config() -> llama3.ModelConfig:
@@ -168,7 +158,7 @@ class TrainingRun:
         gen = torch.Generator().manual_seed(seed)
         self.rng = random.Random(seed)
         self.config = demo_config()
-        self.tokenizer = llama3.load_tokenizer(reference_tokenizer_path())
+        self.tokenizer = llama3.load_tokenizer(llama3.meta_tokenizer_model())
         self.table = demo_corpus.answer_table()
         vocab = corpus_token_ids(self.tokenizer)
         self.row_of = torch.full((self.config.vocab_size,), -1, dtype=torch.long)
@@ -217,7 +207,9 @@ def compact_log(log: dict) -> dict:
     """The log as saved (a few KB): the first REPLAY_STEPS losses, then the mean loss of every 10 steps."""
     losses = log.pop("loss")
     log["first_losses"] = losses[:REPLAY_STEPS]
-    log["mean_loss_per_10_steps"] = [round(sum(losses[i : i + 10]) / len(losses[i : i + 10]), 4) for i in range(0, len(losses), 10)]
+    log["mean_loss_per_10_steps"] = [
+        round(sum(losses[i : i + 10]) / len(losses[i : i + 10]), 4) for i in range(0, len(losses), 10)
+    ]
     return log
 
 

@@ -117,7 +117,7 @@ def small_repo(root: Path, links_from_a: tuple[str, ...] = ("02_b.ipynb#The-seco
     a = notebook("# 01 · A\n\nFirst, [the README](../README.md#setting-up).", f"## Next\n\n{onward}")
     widget = {"application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2, "version_minor": 0},
               "text/plain": "IntSlider(value=0)"}  # fmt: skip
-    b = notebook("# 02 · B\n\nThe second, $\\sqrt{\\text{head\\_dim}}$.", "## The second heading\n\nHere.", output=widget)
+    b = notebook("# 02 · B\n\nThe second, $\\sqrt{\\text{head\\_dim}}$.", "## The second heading\n\nHere; [up](#02-·-B).", output=widget)
     (repo / "notebooks" / "01_a.ipynb").write_text(json.dumps(a))
     (repo / "notebooks" / "02_b.ipynb").write_text(json.dumps(b))
     (repo / "scripts" / "book" / "toc.toml").write_text(
@@ -145,6 +145,7 @@ def test_small_book_resolves_links_as_jupyterlab_writes_them(tmp_path):
     assert "Run it in JupyterLab" in a and 'href="../_sources/notebooks/01_a.ipynb"' in a  # the hint, the download
     assert (out / "_sources" / "notebooks" / "01_a.ipynb").read_bytes() == (repo / "notebooks" / "01_a.ipynb").read_bytes()
     b = (out / "notebooks" / "02_b.html").read_text()
+    assert 'href="#b"' in b  # a link within the page, with JupyterLab's anchor of "02 · B"
     assert "its sliders work in JupyterLab" in b and "widget-view+json" not in b and "IntSlider" not in b
     assert "<msqrt><mrow><mtext>head_dim</mtext>" in b and not re.search(r"<script[^>]*mathjax", b, re.I)  # MathML written now: no script
     readme = (out / "README.html").read_text()
@@ -154,6 +155,7 @@ def test_small_book_resolves_links_as_jupyterlab_writes_them(tmp_path):
 
 
 BROKEN = {  # link from notebooks/01_a.ipynb: what the build's message must name
+    "#Next-heading": "Next-heading",
     "02_b.ipynb#No-such-heading": "No-such-heading",
     "03_c.ipynb": "03_c.ipynb",
     "../READ_ME.md#x": "READ_ME",

@@ -7,7 +7,7 @@ the notebooks stored. The parts of the book, in reading order, come from toc.tom
 
 Five small additions, each in `setup` below:
 - the landing page's map and the book's table of contents, both made from toc.toml;
-- links between notebooks keep the anchors JupyterLab gives headings (`#The-bf16-matmul-kernel`,
+- links between notebooks, and within one, keep the anchors JupyterLab gives headings (`#The-bf16-matmul-kernel`,
   the heading's text with spaces turned into hyphens); here they are resolved to the same headings;
 - a widget's output (the attention explorer) becomes one line saying its sliders work in JupyterLab;
 - each notebook page says how to run it in JupyterLab and links to the notebook itself;
@@ -24,6 +24,7 @@ import tomllib
 from pathlib import Path
 
 from docutils import nodes
+from docutils.transforms import Transform
 from sphinx import addnodes
 from sphinx.errors import ConfigError
 from sphinx.transforms.post_transforms import SphinxPostTransform
@@ -161,6 +162,20 @@ class JupyterLabAnchors(SphinxPostTransform):
             slug = heading_slug_for(anchor, self.env.metadata[target].get("myst_slugs", {}))
             if slug is not None:
                 node["reftargetid"] = slug
+
+
+class JupyterLabLocalAnchors(Transform):
+    """The same for a link within the page, `[text](#Some-Heading)`, before MyST resolves it (879)."""
+
+    default_priority = 878
+
+    def apply(self, **kwargs) -> None:
+        slugs = getattr(self.document, "myst_slugs", {})
+        for node in self.document.findall(nodes.reference):
+            if node.get("id_link") and node.get("refuri", "").startswith("#"):
+                slug = heading_slug_for(node["refuri"][1:], slugs)
+                if slug is not None:
+                    node["refuri"] = f"#{slug}"
 
 
 class RepositoryPaths(SphinxPostTransform):
@@ -318,6 +333,7 @@ def setup(app):
     app.connect("source-read", show_streams_as_jupyterlab)
     app.connect("doctree-read", add_run_hint)
     app.add_post_transform(JupyterLabAnchors)
+    app.add_transform(JupyterLabLocalAnchors)
     app.add_post_transform(RepositoryPaths)
     app.add_post_transform(WidgetNote)
     app.add_html_math_renderer("mathml", (visit_inline_math, None), (visit_block_math, None))

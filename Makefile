@@ -17,8 +17,8 @@ ifdef LLAMA3_DIR
 export LLAMA3_DIR := $(abspath $(LLAMA3_DIR))
 endif
 
-.PHONY: setup run run-tp test lint test-layouts test-tp8 test-ui lab demo clean synthetic-8b synthetic-1b synthetic-3b \
-	bench bench-sizes test-8b test-1b tolerance-8b synthetic-70b-slice bench-tp
+.PHONY: setup run run-tp test lint test-layouts test-tp8 test-ui lab book demo clean synthetic-8b synthetic-1b \
+	synthetic-3b bench bench-sizes test-8b test-1b tolerance-8b synthetic-70b-slice bench-tp
 
 setup: $(INSTALLED) $(DEMO) $(DEMO_HF) $(KERNEL_LIB)
 
@@ -87,10 +87,20 @@ test-tp8: setup
 
 # The attention explorer (notebook 10) in a real browser: JupyterLab on 127.0.0.1 with this
 # project's kernel, Debian's Chromium (installed here if missing; Playwright cannot download
-# browsers on these machines) driven by Playwright. Screenshots go to build/ui/.
-test-ui: setup
+# browsers on these machines) driven by Playwright. Then the book (make book) in the same browser:
+# the landing page, a page with its figures, search, links between notebooks. Screenshots go to build/ui/.
+test-ui: setup book
 	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	env -u LLAMA3_DIR -u LLAMA3_PROMPT LLAMA3_TEST_UI=1 $(PY) -m pytest tests/ui -v
+
+# The walkthrough as a static book in build/book/ (open build/book/index.html): the committed notebooks
+# with the outputs they stored (nothing is executed), the README and images/, built by Sphinx with myst-nb
+# and sphinx-book-theme from scripts/book/ (its parts and their order: scripts/book/toc.toml). Warnings
+# are errors: a broken link, or a notebook that stops rendering, fails it.
+BOOK_INPUTS := $(NOTEBOOKS) README.md $(wildcard images/*) $(wildcard scripts/book/*.py scripts/book/*.md scripts/book/*.toml scripts/book/static/*)
+book: build/book/.built
+build/book/.built: $(INSTALLED) $(BOOK_INPUTS)
+	$(PY) scripts/book/build.py
 
 lab: setup
 	cd notebooks && ../$(VENV)/bin/jupyter lab

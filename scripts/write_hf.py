@@ -93,8 +93,10 @@ def hf_state_dict(
     return {k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}
 
 
-def hf_config(config: llama3.ModelConfig, release: str, tied: bool) -> dict:
-    """config.json: LlamaConfig's fields with the values the converter gives each release."""
+def hf_config(config: llama3.ModelConfig, release: str, tied: bool, special_ids: tuple[int, int] | None = None) -> dict:
+    """config.json: LlamaConfig's fields with the values the converter gives each release. special_ids: the
+    (begin, end) token ids of a model whose tokenizer is not Llama 3's."""
+    bos_id, eos_id = special_ids or (BOS_TOKEN_ID, EOS_TOKEN_ID)
     import transformers
 
     rope_scaling = None
@@ -110,8 +112,8 @@ def hf_config(config: llama3.ModelConfig, release: str, tied: bool) -> dict:
         "architectures": ["LlamaForCausalLM"],
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "bos_token_id": BOS_TOKEN_ID,
-        "eos_token_id": EOS_TOKEN_ID,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
         "head_dim": config.head_dim,
         "hidden_act": "silu",
         "hidden_size": config.dim,
@@ -135,11 +137,12 @@ def hf_config(config: llama3.ModelConfig, release: str, tied: bool) -> dict:
     }
 
 
-def hf_generation_config(release: str) -> dict:
+def hf_generation_config(release: str, special_ids: tuple[int, int] | None = None) -> dict:
     """generation_config.json of the base models: 3.1 and 3.2 add sampling defaults."""
     import transformers
 
-    generation = {"_from_model_config": True, "bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID}
+    bos_id, eos_id = special_ids or (BOS_TOKEN_ID, EOS_TOKEN_ID)
+    generation = {"_from_model_config": True, "bos_token_id": bos_id, "eos_token_id": eos_id}
     if release != "3":
         generation |= {"do_sample": True, "temperature": 0.6, "top_p": 0.9}
     return generation | {"transformers_version": transformers.__version__}
@@ -270,10 +273,28 @@ def write_hf_checkpoint(
         total_size = sum(t.numel() * t.element_size() for t in state.values())
         index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
         write_json(out_dir / "model.safetensors.index.json", index)
-    write_json(out_dir / "config.json", hf_config(config, config.release, tied))
-    write_json(out_dir / "generation_config.json", hf_generation_config(config.release))
-    write_tokenizer_files(out_dir, Path(tokenizer_model), config.release)
+    special_ids = None
+    if Path(tokenizer_model).suffix == ".json":  # a tokenizer that is not Llama 3's (SmolLM2's): kept as it is
+        special_ids = copy_tokenizer_json(Path(tokenizer_model), out_dir)
+    else:
+        write_tokenizer_files(out_dir, Path(tokenizer_model), config.release)
+    write_json(out_dir / "config.json", hf_config(config, config.release, tied, special_ids))
+    write_json(out_dir / "generation_config.json", hf_generation_config(config.release, special_ids))
     return out_dir
+
+
+def copy_tokenizer_json(tokenizer_json: Path, out_dir: Path) -> tuple[int, int]:
+    """tokenizer.json and the tokenizer_config.json beside it into out_dir; returns the ids of the begin and
+    end tokens tokenizer_config.json names (for config.json)."""
+    from write_shards import copy_tokenizer
+
+    config_file = tokenizer_json.with_name("tokenizer_config.json")
+    if not config_file.exists():
+        raise llama3.CheckpointError(f"{config_file} is missing: it names the begin and end tokens of {tokenizer_json}.")
+    copy_tokenizer(tokenizer_json, out_dir)
+    tokenizer = llama3.load_tokenizer_file(out_dir / "tokenizer.json")
+    names = json.loads(config_file.read_text())
+    return tokenizer.encode_single_token(names["bos_token"]), tokenizer.encode_single_token(names["eos_token"])
 
 
 def read_meta_checkpoint(meta_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -15,6 +15,7 @@ One file per concern, in the order the notebooks derive them:
 
 - config.py       01  params.json as a ModelConfig, the releases, the errors for bad input
 - tokens.py       02  the tokenizer and the prompt
+- byte_level_bpe.py  16  a tokenizer that is not Llama 3's: byte-level BPE with merges, from tokenizer.json
 - checkpoint.py   01  Meta's files checked and memory-mapped; shapes beside 8B's
 - layouts.py      01, 05, 17  Meta's model-parallel shards and Hugging Face's safetensors, used in place
 - model.py        03-09  embeddings, RMSNorm, heads, RoPE, attention, the feed-forward network, forward
@@ -24,12 +25,14 @@ One file per concern, in the order the notebooks derive them:
 - reference.py    09 and the tests: Meta's reference implementation as the yardstick
 - fast.py         19  the weights' pages mapped up front (the matmul kernel is matmul_kernel.py)
 - parallel.py     18  one shard per process over torch.distributed (and scripts/run_tp.py)
+- gguf.py         16  llama.cpp's GGUF files: a real model's weights and tokenizer (make smollm2)
 
 `import llama3` gives every public name of them all, so notebooks write `llama3.forward(...)`.
 """
 
 from .config import *  # noqa: F401,F403
 from .tokens import *  # noqa: F401,F403
+from .byte_level_bpe import *  # noqa: F401,F403
 from .fast import *  # noqa: F401,F403
 from .checkpoint import *  # noqa: F401,F403
 from .layouts import *  # noqa: F401,F403
@@ -39,3 +42,4 @@ from .generation import *  # noqa: F401,F403
 from .family import *  # noqa: F401,F403
 from .reference import *  # noqa: F401,F403
 from .parallel import *  # noqa: F401,F403
+from .gguf import *  # noqa: F401,F403

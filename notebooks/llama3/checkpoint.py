@@ -52,7 +52,8 @@ LAYOUTS = ("meta", "meta-sharded", "huggingface")
 def checkpoint_layout(ckpt_dir: Path) -> str:
     """Which of the layouts Meta and Hugging Face ship a folder holds, checked enough to fail early with the fix:
 
-    "meta"          Meta's original files: consolidated.00.pth, params.json, tokenizer.model (8B, 3.2 1B/3B)
+    "meta"          Meta's original files: consolidated.00.pth, params.json, tokenizer.model (8B, 3.2 1B/3B);
+                    a Llama-architecture model with another tokenizer has tokenizer.json in its place (SmolLM2)
     "meta-sharded"  the same cut into consolidated.00.pth ... consolidated.NN.pth (70B, 405B; notebook 17)
     "huggingface"   a meta-llama repository: config.json, *.safetensors, tokenizer.json (notebook 05)
     """
@@ -70,7 +71,8 @@ def checkpoint_layout(ckpt_dir: Path) -> str:
     names = {p.name for p in ckpt_dir.iterdir()}
     shards = sorted(n for n in names if n.startswith("consolidated.") and n.endswith(".pth"))
     if shards:
-        for name in ("params.json", "tokenizer.model"):
+        # A model whose tokenizer is not Llama 3's carries it as Hugging Face's tokenizer.json instead (make smollm2).
+        for name in ("params.json", "tokenizer.model" if "tokenizer.json" not in names else "tokenizer.json"):
             if name not in names:
                 raise CheckpointError(
                     f"{ckpt_dir / name} is missing. A Llama 3 checkpoint directory in Meta's layout holds "
@@ -241,12 +243,12 @@ def load_checkpoint(
     else:
         config = read_params(ckpt_dir, release)
         tokenizer_path = ckpt_dir / "tokenizer.model"
-        tokenizer = load_tokenizer(tokenizer_path, config.release)
+        if not tokenizer_path.exists():  # a model whose tokenizer is not Llama 3's (checkpoint_layout)
+            tokenizer_path = ckpt_dir / "tokenizer.json"
+        tokenizer = load_tokenizer_file(tokenizer_path, config.release)
     if tokenizer.n_vocab != config.vocab_size:
-        raise CheckpointError(
-            f"{tokenizer_path} gives {tokenizer.n_vocab} tokens but the model's vocab_size is "
-            f"{config.vocab_size}. Use the tokenizer that came with this checkpoint."
-        )
+        raise CheckpointError(f"{tokenizer_count_text(tokenizer, tokenizer_path)}, but the model's vocab_size is "
+                              f"{config.vocab_size}. Use the tokenizer that came with this checkpoint.")
     if layout == "meta":
         weights, files = load_weights(ckpt_dir, config), (ckpt_dir / "consolidated.00.pth",)
     elif layout == "meta-sharded":
@@ -264,6 +266,16 @@ def load_checkpoint(
     return Checkpoint(ckpt_dir, config, weights, tokenizer, layout, files, tokenizer_path)
 
 
+def tokenizer_count_text(tokenizer, path: Path) -> str:
+    """What a tokenizer file holds, for a message: tokenizer.model's ranks are the file's tokens, and the loader
+    adds Llama 3's 256 special tokens to them; a tokenizer.json holds all of its tokens itself."""
+    if Path(path).suffix == ".model":
+        held = tokenizer.n_vocab - NUM_SPECIAL_TOKENS
+        return (f"{path} holds {held} tokens (with the {NUM_SPECIAL_TOKENS} special tokens Llama 3 adds to them, "
+                f"{tokenizer.n_vocab})")
+    return f"{path} holds {tokenizer.n_vocab} tokens"
+
+
 def params_of(ck: "Checkpoint") -> dict:
     """Meta's params.json of this checkpoint; for a Hugging Face folder the same numbers from config.json."""
     if ck.layout != "huggingface":
@@ -278,8 +290,15 @@ def params_of(ck: "Checkpoint") -> dict:
 
 def tokenizer_model_file(ck: "Checkpoint") -> Path:
     """The checkpoint's tokenizer.model, or for a folder with only Hugging Face's tokenizer.json (from which
-    the same tokenizer is built: tests/test_huggingface_writer.py) Meta's file as llama-models ships it."""
+    the same tokenizer is built: tests/test_huggingface_writer.py) Meta's file as llama-models ships it.
+    A model whose tokenizer is not Llama 3's has no such file: see tokenizer_file_to_copy."""
     return ck.tokenizer_file if ck.tokenizer_file.suffix == ".model" else meta_tokenizer_model()
+
+
+def tokenizer_file_to_copy(ck: "Checkpoint") -> Path:
+    """The file that gives this checkpoint's tokenizer when written beside its weights in Meta's layout:
+    tokenizer_model_file for Llama 3's tokenizer, else its own tokenizer.json (the writer keeps the name)."""
+    return tokenizer_model_file(ck) if is_llama3_tokenizer(ck.tokenizer) else ck.tokenizer_file
 
 
 def stored_tensors(w) -> list[torch.Tensor]:

@@ -28,7 +28,10 @@ STOP_TOKENS = {
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """The ids of the stop tokens of the tokenizer's release (tokenizer_release)."""
+    """The ids of the stop tokens of the tokenizer's release (tokenizer_release); for another model's tokenizer,
+    the ones it names itself (SmolLM2's tokenizer_config.json: its eos_token, <|im_end|>)."""
+    if not is_llama3_tokenizer(tokenizer):
+        return [tokenizer.encode_single_token(name) for name in tokenizer.stop_tokens]
     return [tokenizer.encode_single_token(name) for name in STOP_TOKENS[tokenizer_release(tokenizer)]]
 
 

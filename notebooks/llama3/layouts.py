@@ -422,7 +422,10 @@ def write_meta_shards(ck: "Checkpoint", out_dir: Path, n_shards: int) -> None:
         del shard
     params = params_of(ck) | {"n_kv_heads": c.n_kv_heads * copies}
     (out_dir / "params.json").write_text(json.dumps(params))
-    (out_dir / "tokenizer.model").write_bytes(tokenizer_model_file(ck).read_bytes())
+    tokenizer_file = tokenizer_file_to_copy(ck)  # tokenizer.model, or another model's tokenizer.json
+    (out_dir / tokenizer_file.name).write_bytes(tokenizer_file.read_bytes())
+    if tokenizer_file.suffix == ".json" and tokenizer_file.with_name("tokenizer_config.json").exists():
+        (out_dir / "tokenizer_config.json").write_bytes(tokenizer_file.with_name("tokenizer_config.json").read_bytes())
 
 
 def kv_head_copies(weights, config: ModelConfig, layer: int = 0) -> int:
@@ -650,4 +653,4 @@ def load_hf_tokenizer(ckpt_dir: Path, release: str):
     if model_file.exists():
         return load_tokenizer(model_file, release), model_file
     json_file = ckpt_dir / "tokenizer.json"
-    return tokenizer_from_json(json_file, release), json_file
+    return load_tokenizer_file(json_file, release), json_file  # Llama 3's, or another model's (SmolLM2's)

@@ -77,9 +77,28 @@ def special_tokens_in_order(tokenizer) -> list[str]:
     return sorted(tokenizer.special_tokens_set, key=tokenizer.encode_single_token)
 
 
+def is_llama3_tokenizer(tokenizer) -> bool:
+    """True for Llama 3's tokenizer (any release); False for another model's, such as SmolLM2's byte-level BPE."""
+    return "<|begin_of_text|>" in tokenizer.special_tokens_set and not hasattr(tokenizer, "prompt_prefix")
+
+
 def tokenizer_release(tokenizer) -> str:
-    """"3" for a tokenizer with Llama 3's special-token names, "3.1" for 3.1's (also 3.2's)."""
+    """"3" for a tokenizer with Llama 3's special-token names, "3.1" for 3.1's (also 3.2's). Another model's
+    tokenizer has no Llama release: asking is an error that says so."""
+    if not is_llama3_tokenizer(tokenizer):
+        raise PromptError(
+            f"The tokenizer {tokenizer.name!r} is not Llama 3's, so Llama 3's special tokens and chat format do not "
+            "apply to it. For those, use Llama 3's: llama3.load_tokenizer(llama3.meta_tokenizer_model())."
+        )
     return "3.1" if "<|eom_id|>" in tokenizer.special_tokens_set else "3"
+
+
+def prompt_prefix(tokenizer) -> list[int]:
+    """The ids the model's own tokenizer puts before a prompt: Llama 3's <|begin_of_text|>; for a tokenizer
+    read from tokenizer.json, what its post-processor's template puts there (SmolLM2's: nothing)."""
+    if hasattr(tokenizer, "prompt_prefix"):
+        return list(tokenizer.prompt_prefix)
+    return [tokenizer.encode_single_token("<|begin_of_text|>")]
 
 
 def read_bpe_ranks(path: Path) -> dict[bytes, int]:
@@ -137,12 +156,13 @@ def bpe_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
 
 
 def encode_prompt(tokenizer, prompt: str, config: ModelConfig) -> list[int]:
-    """<|begin_of_text|> followed by the prompt's tokens, checked against the context length."""
+    """<|begin_of_text|> (or what the model's own tokenizer puts first: prompt_prefix) followed by the
+    prompt's tokens, checked against the context length."""
     if not prompt or not prompt.strip():
         raise PromptError(
             "The prompt is empty. Set LLAMA3_PROMPT to some text, or unset it for the default question."
         )
-    token_ids = [tokenizer.encode_single_token("<|begin_of_text|>")] + tokenizer.encode(prompt, disallowed_special=())
+    token_ids = prompt_prefix(tokenizer) + tokenizer.encode(prompt, disallowed_special=())
     if len(token_ids) > config.context_length:
         raise PromptError(
             f"The prompt {prompt[:40]!r}... is {len(token_ids)} tokens long, more than the model's context "
@@ -227,3 +247,24 @@ def tokenizer_from_json(path: Path, release: str | None = None):
     return tiktoken.Encoding(
         name=f"llama{release}", pat_str=patterns[0], mergeable_ranks=ranks, special_tokens=specials
     )
+
+
+def load_tokenizer_file(path: Path, release: str = "3"):
+    """The tokenizer a checkpoint carries: Llama 3's from tokenizer.model, or from tokenizer.json either Llama 3's
+    (its 256 special tokens, <|begin_of_text|> first: tokenizer_from_json) or another model's byte-level BPE
+    (byte_level_bpe.load_tokenizer_json: SmolLM2's)."""
+    import json
+
+    path = Path(path)
+    if path.suffix != ".json":
+        return load_tokenizer(path, release)
+    try:
+        added = json.loads(path.read_text(encoding="utf-8")).get("added_tokens", [])
+        names = {t.get("content") for t in added}
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        names = {"<|begin_of_text|>"}  # let tokenizer_from_json say what is wrong with the file
+    if "<|begin_of_text|>" in names:
+        return tokenizer_from_json(path, release)
+    from .byte_level_bpe import load_tokenizer_json
+
+    return load_tokenizer_json(path)

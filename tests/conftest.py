@@ -24,6 +24,22 @@ def demo():
 
 
 @pytest.fixture(scope="session")
+def real_model():
+    """SmolLM2-135M-Instruct (4-bit weights expanded back) in Meta's layout, as `make smollm2` writes it."""
+    if not (llama3.SMOLLM2_DIR / "consolidated.00.pth").exists():
+        pytest.fail("the real model is missing: run `make smollm2` (make test builds it)")
+    return llama3.load_checkpoint(llama3.SMOLLM2_DIR)
+
+
+@pytest.fixture(scope="session")
+def real_model_hf():
+    """The same weights in Hugging Face's layout."""
+    if not (llama3.SMOLLM2_HF_DIR / "model.safetensors").exists():
+        pytest.fail("the real model is missing: run `make smollm2` (make test builds it)")
+    return llama3.load_checkpoint(llama3.SMOLLM2_HF_DIR)
+
+
+@pytest.fixture(scope="session")
 def demo_prompt(demo):
     """The walkthrough's prompt as the demo's token ids."""
     return llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)

@@ -62,6 +62,8 @@ def checkpoint_layout(ckpt_dir: Path) -> str:
             f"The demo checkpoint {ckpt_dir} has not been built yet. "
             "Run `make demo` (or `python scripts/build_demo_checkpoint.py`) first."
         )
+    if ckpt_dir in (SMOLLM2_DIR, SMOLLM2_HF_DIR) and not ckpt_dir.exists():
+        raise CheckpointError(f"The real model {ckpt_dir} has not been built yet. Run `make smollm2` first.")
     if not ckpt_dir.is_dir():
         raise CheckpointError(
             f"LLAMA3_DIR={ckpt_dir} is not a directory. Point LLAMA3_DIR at a folder holding Meta's "

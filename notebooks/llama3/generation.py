@@ -53,6 +53,23 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum(-1, keepdim=True)
 
 
+def same_nucleus(probs: torch.Tensor, kept_a: torch.Tensor, kept_b: torch.Tensor) -> bool:
+    """Two top-p filters of the same [V] probabilities agree on which tokens may be drawn (kept_a, kept_b: [V]
+    bool), up to a tie at the cutoff. Both keep every token more likely than the least likely one kept (the
+    cutoff), neither keeps a less likely one, and both keep equally many of the tokens whose probability equals
+    the cutoff: those are interchangeable, and a sort may put any of them first (real bfloat16 logits tie often:
+    hundreds of tokens can share one value)."""
+    if not kept_a.any() or not kept_b.any():
+        return bool(kept_a.any() == kept_b.any())
+    cutoff = probs[kept_a].min()
+    if probs[kept_b].min() != cutoff:
+        return False
+    above, below, tied = probs > cutoff, probs < cutoff, probs == cutoff
+    both_above = bool(kept_a[above].all() and kept_b[above].all())
+    none_below = not bool(kept_a[below].any() or kept_b[below].any())
+    return both_above and none_below and int(kept_a[tied].sum()) == int(kept_b[tied].sum())
+
+
 def sample_next_token(
     logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None
 ) -> int:
@@ -200,6 +217,7 @@ def encode_dialog(tokenizer, messages: list[dict]) -> list[int]:
     """An Instruct model's prompt: <|begin_of_text|>, every turn, then an open assistant header for the
     model to complete, by the rules of the tokenizer's release.
     messages: [{"role": "system" | "user" | "assistant" (| "tool" from 3.1 on), "content": str}]."""
+    tokenizer_release(tokenizer)  # another model's tokenizer (SmolLM2's) has other special tokens: says so
     token_ids = [tokenizer.encode_single_token("<|begin_of_text|>")]
     for message in messages:
         token_ids += encode_message(tokenizer, message)

@@ -76,9 +76,17 @@ def random_checkpoints(tmp_path_factory):
     }
 
 
-@pytest.fixture(params=["demo"] + PARITY_PRESETS)
+# The real model (make smollm2) in both layouts: what was measured on our own weights must hold on real ones too.
+REAL_MODELS = ["smollm2", "smollm2-hf"]
+
+
+@pytest.fixture(params=["demo"] + REAL_MODELS + PARITY_PRESETS)
 def checkpoint(request, demo, random_checkpoints):
-    return demo if request.param == "demo" else llama3.load_checkpoint(random_checkpoints[request.param])
+    if request.param == "demo":
+        return demo
+    if request.param in REAL_MODELS:
+        return request.getfixturevalue("real_model" if request.param == "smollm2" else "real_model_hf")
+    return llama3.load_checkpoint(random_checkpoints[request.param])
 
 
 @pytest.fixture

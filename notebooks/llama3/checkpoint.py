@@ -303,6 +303,24 @@ def tokenizer_file_to_copy(ck: "Checkpoint") -> Path:
     return tokenizer_model_file(ck) if is_llama3_tokenizer(ck.tokenizer) else ck.tokenizer_file
 
 
+def other_tokenizer_note(ck: "Checkpoint") -> str | None:
+    """None for a checkpoint with Llama 3's tokenizer; for a Llama-architecture model with another one (SmolLM2,
+    notebook 16) the line the notebooks about Llama 3's own tokenizer, chat format and family (02, 13, 14) print."""
+    if is_llama3_tokenizer(ck.tokenizer):
+        return None
+    return (f"{ck.path.name} has the Llama architecture, but its tokenizer ({ck.tokenizer_file.name}), chat format "
+            "and family are not Llama 3's: this notebook goes on with Llama 3's")
+
+
+def with_llama3_tokenizer(ck: "Checkpoint") -> tuple["Checkpoint", str | None]:
+    """(ck, None) when its tokenizer is Llama 3's; else the demo checkpoint, which has Llama 3's tokenizer (Meta's
+    tokenizer.model from llama-models) and a model that reads its ids, and other_tokenizer_note saying so."""
+    note = other_tokenizer_note(ck)
+    if note is None:
+        return ck, None
+    return load_checkpoint(DEMO_DIR, device=ck.device), f"{note}, on the demo checkpoint ({DEMO_DIR.name})"
+
+
 def stored_tensors(w) -> list[torch.Tensor]:
     """The tensors a weight is made of: itself, or the shards of a layouts.StoredWeight."""
     return w.tensors() if hasattr(w, "tensors") else [w]

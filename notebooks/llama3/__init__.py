@@ -15,9 +15,10 @@ checked by `make test`):
 
     parallel, reference          tensor parallelism over torch.distributed; Meta's and Hugging Face's models
     checkpoint                   which layout a folder holds, loaded whole; writing it in another layout
-    formats.meta, .huggingface   each file format's reader and writer
+    formats.meta, .huggingface   each file format's reader and writer; formats.gguf reads llama.cpp's files
     generation, inspection       the key/value cache loop, sampling, chat; attention maps, the logit lens
-    model, tokens                the forward pass (model.py reads like Meta's); the tokenizer
+    model, byte_level_bpe        the forward pass (model.py reads like Meta's); another model's tokenizer
+    tokens                       Llama 3's tokenizer
     weights, pages, kernel       stored weights and the one `linear`; pages mapped up front; the bf16 kernel
     shapes, compare, config      every tensor's shape; what a failed check says; params.json, releases, errors
 
@@ -27,6 +28,7 @@ Beside them, outside the layers: plots and explorer (the notebooks' figures and 
 `import llama3` gives the names in __all__, so notebooks write `llama3.forward(...)`.
 """
 
+from .byte_level_bpe import GPT2_SPLIT_PATTERN, ByteLevelBPE, load_tokenizer_json
 from .checkpoint import (
     LAYOUTS,
     Checkpoint,
@@ -35,11 +37,14 @@ from .checkpoint import (
     layout_text,
     load_checkpoint,
     map_file,
+    other_tokenizer_note,
     params_of,
     pick_device,
     reshard,
     to_hugging_face,
+    tokenizer_file_to_copy,
     tokenizer_model_file,
+    with_llama3_tokenizer,
 )
 from .compare import mismatch
 from .config import (
@@ -59,6 +64,9 @@ from .config import (
     ROPE_SCALE_FACTORS,
     SHARD_COUNTS,
     SHARDED_PARAMS,
+    SMOLLM2_DIR,
+    SMOLLM2_GGUF,
+    SMOLLM2_HF_DIR,
     CheckpointError,
     Llama3InputError,
     ModelConfig,
@@ -71,6 +79,8 @@ from .config import (
     same_model,
     sha256_of,
 )
+from .formats.gguf import dequantized, gguf_metadata, gguf_params, gguf_weights, open_gguf, tensor_types
+from .formats.huggingface import load_tokenizer_file
 from .formats.meta import kv_head_copies, load_weights, read_params, read_pth, shard_files, split_dim_of
 from .generation import (
     STOP_TOKENS,
@@ -80,6 +90,7 @@ from .generation import (
     encode_message,
     generate,
     logits_tolerance,
+    same_nucleus,
     same_prediction,
     sample_next_token,
     stop_token_ids,
@@ -162,12 +173,15 @@ from .tokens import (
     bpe_merge,
     encode_prompt,
     hf_special_token_names,
+    is_llama3_tokenizer,
     load_tokenizer,
     meta_tokenizer_model,
+    prompt_prefix,
     read_bpe_ranks,
     special_token_names,
     special_tokens_in_order,
     token_texts,
+    tokenizer_count_text,
     tokenizer_from_json,
 )
 from .weights import (
@@ -193,12 +207,8 @@ __all__ = [
     "attention_probs",
     "attention_weights",
     "bpe_merge",
+    "ByteLevelBPE",
     "cache_bytes",
-    "dump_maps",
-    "DUMP_MAPS_ENV",
-    "exchange_errors",
-    "FAIL_AT_ENV",
-    "first_error",
     "causal_mask",
     "Checkpoint",
     "checkpoint_dir",
@@ -209,7 +219,10 @@ __all__ = [
     "DEFAULT_PROMPT",
     "DEMO_DIR",
     "DEMO_HF_DIR",
+    "dequantized",
     "describe",
+    "dump_maps",
+    "DUMP_MAPS_ENV",
     "ECHO_PERIOD",
     "ECHO_PROMPT",
     "ECHO_SPAN",
@@ -218,18 +231,26 @@ __all__ = [
     "encode_header",
     "encode_message",
     "encode_prompt",
+    "exchange_errors",
     "expected_shapes",
+    "FAIL_AT_ENV",
     "FAMILY_PARAMS",
     "feed_forward",
+    "first_error",
     "first_top1",
     "forward",
     "generate",
     "Generation",
+    "gguf_metadata",
+    "gguf_params",
+    "gguf_weights",
+    "GPT2_SPLIT_PATTERN",
     "head_qkv",
     "head_scores",
     "hf_special_token_names",
     "induction_scores",
     "init_tensor_parallel",
+    "is_llama3_tokenizer",
     "kv_head_copies",
     "KVCache",
     "layer_weights",
@@ -246,6 +267,8 @@ __all__ = [
     "load_checkpoint",
     "load_rank_shard",
     "load_tokenizer",
+    "load_tokenizer_file",
+    "load_tokenizer_json",
     "load_weights",
     "logit_lens",
     "logits_tolerance",
@@ -255,11 +278,13 @@ __all__ = [
     "meta_reference_logits",
     "meta_reference_model",
     "meta_tokenizer_model",
-    "mismatch",
     "META_TOKENIZER_SHA256",
+    "mismatch",
     "ModelConfig",
     "named_shape",
     "new_token_limit",
+    "open_gguf",
+    "other_tokenizer_note",
     "output_is_tied",
     "output_logits",
     "parameter_count",
@@ -268,6 +293,7 @@ __all__ = [
     "previous_token_scores",
     "progress_bar",
     "project_heads",
+    "prompt_prefix",
     "prompt_text",
     "PromptError",
     "RankShard",
@@ -290,6 +316,7 @@ __all__ = [
     "ROPE_SCALE_FACTORS",
     "RowPermutedWeight",
     "same_model",
+    "same_nucleus",
     "same_prediction",
     "sample_next_token",
     "scale_rope_frequencies",
@@ -301,6 +328,9 @@ __all__ = [
     "SHARDED_PARAMS",
     "ShardedWeight",
     "sink_scores",
+    "SMOLLM2_DIR",
+    "SMOLLM2_GGUF",
+    "SMOLLM2_HF_DIR",
     "special_token_names",
     "special_tokens_in_order",
     "split_dim_of",
@@ -310,11 +340,14 @@ __all__ = [
     "STOP_TOKENS",
     "stored_tensors",
     "StoredWeight",
+    "tensor_types",
     "time_collectives",
     "to_hugging_face",
     "token_rank",
     "token_texts",
     "Tokenizer",
+    "tokenizer_count_text",
+    "tokenizer_file_to_copy",
     "tokenizer_from_json",
     "tokenizer_model_file",
     "top_k_tokens",
@@ -330,5 +363,6 @@ __all__ = [
     "vocab_parallel_embed",
     "vocab_parallel_logits",
     "weight_rows",
+    "with_llama3_tokenizer",
     "word_positions",
 ]

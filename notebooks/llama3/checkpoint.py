@@ -9,16 +9,17 @@ from pathlib import Path
 
 import torch
 
-from .config import DEMO_DIR, REPO_DIR, CheckpointError, ModelConfig, checkpoint_dir
+from .config import DEMO_DIR, REPO_DIR, SMOLLM2_DIR, SMOLLM2_HF_DIR, CheckpointError, ModelConfig, checkpoint_dir
 from .formats import huggingface, meta
 from .pages import map_weights
 from .tokens import (
     Tokenizer,
-    load_tokenizer,
+    is_llama3_tokenizer,
     meta_tokenizer_model,
     release_of_special_tokens,
     special_token_names,
     special_tokens_in_order,
+    tokenizer_count_text,
 )
 
 
@@ -44,7 +45,8 @@ LAYOUTS = ("meta", "meta-sharded", "huggingface")
 def checkpoint_layout(ckpt_dir: Path) -> str:
     """Which of the layouts Meta and Hugging Face ship a folder holds, checked enough to fail early with the fix:
 
-    "meta"          Meta's original files: consolidated.00.pth, params.json, tokenizer.model (8B, 3.2 1B/3B)
+    "meta"          Meta's original files: consolidated.00.pth, params.json, tokenizer.model (8B, 3.2 1B/3B);
+                    a Llama-architecture model with another tokenizer has tokenizer.json in its place (SmolLM2)
     "meta-sharded"  the same cut into consolidated.00.pth ... consolidated.NN.pth (70B, 405B; notebook 17)
     "huggingface"   a meta-llama repository: config.json, *.safetensors, tokenizer.json (notebook 05)
     """
@@ -53,6 +55,8 @@ def checkpoint_layout(ckpt_dir: Path) -> str:
             f"The demo checkpoint {ckpt_dir} has not been built yet. "
             "Run `make demo` (or `python scripts/build_demo_checkpoint.py`) first."
         )
+    if ckpt_dir in (SMOLLM2_DIR, SMOLLM2_HF_DIR) and not ckpt_dir.exists():
+        raise CheckpointError(f"The real model {ckpt_dir} has not been built yet. Run `make smollm2` first.")
     if not ckpt_dir.is_dir():
         raise CheckpointError(
             f"LLAMA3_DIR={ckpt_dir} is not a directory. Point LLAMA3_DIR at a folder holding Meta's "
@@ -62,7 +66,8 @@ def checkpoint_layout(ckpt_dir: Path) -> str:
     names = {p.name for p in ckpt_dir.iterdir()}
     shards = sorted(n for n in names if n.startswith("consolidated.") and n.endswith(".pth"))
     if shards:
-        for name in ("params.json", "tokenizer.model"):
+        # A model whose tokenizer is not Llama 3's carries it as Hugging Face's tokenizer.json instead (make smollm2).
+        for name in ("params.json", "tokenizer.model" if "tokenizer.json" not in names else "tokenizer.json"):
             if name not in names:
                 raise CheckpointError(
                     f"{ckpt_dir / name} is missing. A Llama 3 checkpoint directory in Meta's layout holds "
@@ -136,10 +141,12 @@ def load_checkpoint(
     else:
         config = meta.read_params(ckpt_dir, release)
         tokenizer_path = ckpt_dir / "tokenizer.model"
-        tokenizer = load_tokenizer(tokenizer_path, config.release)
+        if not tokenizer_path.exists():  # a model whose tokenizer is not Llama 3's (checkpoint_layout)
+            tokenizer_path = ckpt_dir / "tokenizer.json"
+        tokenizer = huggingface.load_tokenizer_file(tokenizer_path, config.release)
     if tokenizer.n_vocab != config.vocab_size:
         raise CheckpointError(
-            f"{tokenizer_path} gives {tokenizer.n_vocab} tokens but the model's vocab_size is "
+            f"{tokenizer_count_text(tokenizer, tokenizer_path)}, but the model's vocab_size is "
             f"{config.vocab_size}. Use the tokenizer that came with this checkpoint."
         )
     if layout == "meta":
@@ -184,6 +191,8 @@ def describe(ck: "Checkpoint") -> str:
         f"dim={c.dim}, n_layers={c.n_layers}, n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads}, "
         f"head_dim={c.head_dim}, vocab_size={c.vocab_size}"
     )
+    if not is_llama3_tokenizer(ck.tokenizer):
+        return text + f"\ntokenizer: {ck.tokenizer_file.name}, not Llama 3's ({ck.tokenizer.n_vocab} tokens)"
     named_as = release_of_special_tokens(special_tokens_in_order(ck.tokenizer))
     if named_as != release_of_special_tokens(special_token_names(ck.release)):
         text += (
@@ -208,8 +217,35 @@ def params_of(ck: Checkpoint) -> dict:
 
 def tokenizer_model_file(ck: Checkpoint) -> Path:
     """The checkpoint's tokenizer.model, or for a folder with only Hugging Face's tokenizer.json (from which
-    the same tokenizer is built: tests/test_huggingface_writer.py) Meta's file as llama-models ships it."""
+    the same tokenizer is built: tests/test_huggingface_writer.py) Meta's file as llama-models ships it.
+    A model whose tokenizer is not Llama 3's has no such file: see tokenizer_file_to_copy."""
     return ck.tokenizer_file if ck.tokenizer_file.suffix == ".model" else meta_tokenizer_model()
+
+
+def tokenizer_file_to_copy(ck: Checkpoint) -> Path:
+    """The file that gives this checkpoint's tokenizer when written beside its weights in another layout:
+    tokenizer_model_file for Llama 3's tokenizer, else its own tokenizer.json (the writers keep the name)."""
+    return tokenizer_model_file(ck) if is_llama3_tokenizer(ck.tokenizer) else ck.tokenizer_file
+
+
+def other_tokenizer_note(ck: Checkpoint) -> str | None:
+    """None for a checkpoint with Llama 3's tokenizer; for a Llama-architecture model with another one (SmolLM2,
+    notebook 16) the line the notebooks about Llama 3's own tokenizer, chat format and family print."""
+    if is_llama3_tokenizer(ck.tokenizer):
+        return None
+    return (
+        f"{ck.path.name} has the Llama architecture, but its tokenizer ({ck.tokenizer_file.name}), chat format "
+        "and family are not Llama 3's: this notebook goes on with Llama 3's"
+    )
+
+
+def with_llama3_tokenizer(ck: Checkpoint) -> tuple[Checkpoint, str | None]:
+    """(ck, None) when its tokenizer is Llama 3's; else the demo checkpoint, which has Llama 3's tokenizer (Meta's
+    tokenizer.model from llama-models) and a model that reads its ids, and other_tokenizer_note saying so."""
+    note = other_tokenizer_note(ck)
+    if note is None:
+        return ck, None
+    return load_checkpoint(DEMO_DIR, device=ck.device), f"{note}, on the demo checkpoint ({DEMO_DIR.name})"
 
 
 def map_file(path: Path) -> dict[str, torch.Tensor]:
@@ -236,12 +272,12 @@ def reshard(source: Checkpoint | str | os.PathLike, out_dir: Path, n_shards: int
     files (formats.meta.write_meta_shards); a weight held in shards or rows of another order is put in
     Meta's order one at a time. Returns the params written."""
     ck = _loaded(source, out_dir)
-    return meta.write_meta_shards(ck.weights, params_of(ck), Path(out_dir), n_shards, tokenizer_model_file(ck))
+    return meta.write_meta_shards(ck.weights, params_of(ck), Path(out_dir), n_shards, tokenizer_file_to_copy(ck))
 
 
 def to_hugging_face(source: Checkpoint | str | os.PathLike, out_dir: Path, shard_bytes: int | None = None) -> Path:
     """A checkpoint of any layout written as Hugging Face's converter writes it (formats.huggingface)."""
     ck = _loaded(source, out_dir)
     return huggingface.write_hf_checkpoint(
-        ck.weights, params_of(ck), ck.release, Path(out_dir), tokenizer_model_file(ck), shard_bytes
+        ck.weights, params_of(ck), ck.release, Path(out_dir), tokenizer_file_to_copy(ck), shard_bytes
     )

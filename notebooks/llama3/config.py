@@ -15,6 +15,11 @@ DEFAULT_PROMPT = "the answer to the ultimate question of life, the universe, and
 REPO_DIR = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_DIR / "build" / "llama3-demo"
 DEMO_HF_DIR = REPO_DIR / "build" / "llama3-demo-hf"  # the same weights as Hugging Face's converter writes them
+# A real pretrained Llama-architecture model, SmolLM2-135M-Instruct quantized to 4 bits and expanded back
+# (`make smollm2`, notebook 16), in Meta's layout and in Hugging Face's.
+SMOLLM2_DIR = REPO_DIR / "build" / "smollm2-135m"
+SMOLLM2_HF_DIR = REPO_DIR / "build" / "smollm2-135m-hf"
+SMOLLM2_GGUF = REPO_DIR / "build" / "smollm2-gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file they come from
 
 # sha256 of Meta's Llama 3 tokenizer.model (the same file ships in `llama-models`).
 META_TOKENIZER_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"

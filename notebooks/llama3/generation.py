@@ -10,6 +10,7 @@ import torch
 
 from .config import ModelConfig, PromptError
 from .model import KVCache, forward
+from .tokens import is_llama3_tokenizer, tokenizer_release
 
 # ---------------------------------------------------------------------------------------
 # 12 Generation with a KV cache
@@ -26,7 +27,10 @@ STOP_TOKENS["3.2"] = STOP_TOKENS["3.1"]
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """The ids of the stop tokens of the tokenizer's release (3.2 has 3.1's)."""
+    """The ids of the stop tokens of the tokenizer's release (3.2 has 3.1's); for another model's tokenizer,
+    the ones it names itself (SmolLM2's tokenizer_config.json: its eos_token, <|im_end|>)."""
+    if not is_llama3_tokenizer(tokenizer):
+        return [tokenizer.encode_single_token(name) for name in tokenizer.stop_tokens]
     return [tokenizer.special_id(name) for name in STOP_TOKENS[tokenizer.release]]
 
 
@@ -46,6 +50,23 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     probs_sorted = probs_sorted.masked_fill(mass_before >= top_p, 0.0)
     kept = torch.zeros_like(probs).scatter(-1, order, probs_sorted)
     return kept / kept.sum(-1, keepdim=True)
+
+
+def same_nucleus(probs: torch.Tensor, kept_a: torch.Tensor, kept_b: torch.Tensor) -> bool:
+    """Two top-p filters of the same [V] probabilities agree on which tokens may be drawn (kept_a, kept_b: [V]
+    bool), up to a tie at the cutoff. Both keep every token more likely than the least likely one kept (the
+    cutoff), neither keeps a less likely one, and both keep equally many of the tokens whose probability equals
+    the cutoff: those are interchangeable, and a sort may put any of them first (real bfloat16 logits tie often:
+    hundreds of tokens can share one value)."""
+    if not kept_a.any() or not kept_b.any():
+        return bool(kept_a.any() == kept_b.any())
+    cutoff = probs[kept_a].min()
+    if probs[kept_b].min() != cutoff:
+        return False
+    above, below, tied = probs > cutoff, probs < cutoff, probs == cutoff
+    both_above = bool(kept_a[above].all() and kept_b[above].all())
+    none_below = not bool(kept_a[below].any() or kept_b[below].any())
+    return both_above and none_below and int(kept_a[tied].sum()) == int(kept_b[tied].sum())
 
 
 def sample_next_token(
@@ -159,7 +180,7 @@ CHAT_ROLES["3.2"] = CHAT_ROLES["3.1"]
 def encode_header(tokenizer, role: str) -> list[int]:
     """<|start_header_id|>role<|end_header_id|> and a blank line. Llama 3 knows three roles; Llama 3.1
     added tool output, which Meta's llama-models writes as the role ipython."""
-    release = tokenizer.release
+    release = tokenizer_release(tokenizer)  # another model's tokenizer (SmolLM2's) has no chat format of Llama's
     if role not in CHAT_ROLES[release]:
         raise PromptError(
             f"The role {role!r} is not in Llama {release}'s chat format, whose roles are "
@@ -192,6 +213,7 @@ def encode_dialog(tokenizer, messages: list[dict]) -> list[int]:
     """An Instruct model's prompt: <|begin_of_text|>, every turn, then an open assistant header for the
     model to complete, by the rules of the tokenizer's release.
     messages: [{"role": "system" | "user" | "assistant" (| "tool" from 3.1 on), "content": str}]."""
+    tokenizer_release(tokenizer)  # another model's tokenizer (SmolLM2's) has other special tokens: says so
     token_ids = [tokenizer.special_id("<|begin_of_text|>")]
     for message in messages:
         token_ids += encode_message(tokenizer, message)

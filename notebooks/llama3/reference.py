@@ -80,9 +80,10 @@ def reference_fits(ck: Checkpoint) -> bool:
 # ---------------------------------------------------------------------------------------
 
 
-def transformers_model(hf_dir):
+def transformers_model(hf_dir, dtype: torch.dtype = torch.bfloat16):
     """transformers' LlamaForCausalLM holding a Hugging Face Llama folder (config.json, *.safetensors), in
-    bfloat16 on the CPU with the eager (plain PyTorch) attention. Local files only: nothing is downloaded.
+    bfloat16 (or `dtype`) on the CPU with the eager (plain PyTorch) attention. Local files only: nothing is
+    downloaded.
 
     transformers only warns about tensors it expected and did not find (it leaves them at random values)
     or found and did not expect; here either one is an error."""
@@ -98,7 +99,7 @@ def transformers_model(hf_dir):
     hf_logging.disable_progress_bar()
     try:
         model, info = LlamaForCausalLM.from_pretrained(
-            hf_dir, dtype=torch.bfloat16, attn_implementation="eager", local_files_only=True,
+            hf_dir, dtype=dtype, attn_implementation="eager", local_files_only=True,
             output_loading_info=True,
         )  # fmt: skip
     finally:
@@ -112,8 +113,9 @@ def transformers_model(hf_dir):
     return model.eval()
 
 
-def transformers_logits(hf_dir, token_ids) -> torch.Tensor:
-    """Float32 logits [T, V] from transformers' LlamaForCausalLM on a Hugging Face Llama folder."""
-    model = transformers_model(hf_dir)
+def transformers_logits(hf_dir, token_ids, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Float32 logits [T, V] from transformers' LlamaForCausalLM on a Hugging Face Llama folder, its weights
+    in `dtype`."""
+    model = transformers_model(hf_dir, dtype)
     with torch.inference_mode():
         return model(input_ids=torch.tensor([list(token_ids)])).logits[0].float()

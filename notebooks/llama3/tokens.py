@@ -108,9 +108,28 @@ class Tokenizer(tiktoken.Encoding):
         return self.first_special_id + names.index(name)
 
 
+def is_llama3_tokenizer(tokenizer) -> bool:
+    """True for Llama 3's tokenizer (any release); False for another model's, such as SmolLM2's byte-level BPE."""
+    return isinstance(tokenizer, Tokenizer)
+
+
 def tokenizer_release(tokenizer) -> str:
-    """The release whose rules the tokenizer follows (Tokenizer.release)."""
+    """The release whose rules the tokenizer follows (Tokenizer.release). Another model's tokenizer has no Llama
+    release: asking is an error that says so."""
+    if not is_llama3_tokenizer(tokenizer):
+        raise PromptError(
+            f"The tokenizer {tokenizer.name!r} is not Llama 3's, so Llama 3's special tokens and chat format do not "
+            "apply to it. For those, use Llama 3's: llama3.load_tokenizer(llama3.meta_tokenizer_model())."
+        )
     return tokenizer.release
+
+
+def prompt_prefix(tokenizer) -> list[int]:
+    """The ids the model's own tokenizer puts before a prompt: Llama 3's <|begin_of_text|>; for another model's
+    tokenizer read from tokenizer.json, what its post-processor's template puts there (SmolLM2's: nothing)."""
+    if is_llama3_tokenizer(tokenizer):
+        return [tokenizer.special_id("<|begin_of_text|>")]
+    return list(tokenizer.prompt_prefix)
 
 
 def read_bpe_ranks(path: Path) -> dict[bytes, int]:
@@ -162,10 +181,11 @@ def bpe_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
 
 
 def encode_prompt(tokenizer, prompt: str, config: ModelConfig) -> list[int]:
-    """<|begin_of_text|> followed by the prompt's tokens, checked against the context length."""
+    """<|begin_of_text|> (or what the model's own tokenizer puts first: prompt_prefix) followed by the
+    prompt's tokens, checked against the context length."""
     if not prompt or not prompt.strip():
         raise PromptError("The prompt is empty. Set LLAMA3_PROMPT to some text, or unset it for the default question.")
-    token_ids = [tokenizer.special_id("<|begin_of_text|>")] + tokenizer.encode(prompt, disallowed_special=())
+    token_ids = prompt_prefix(tokenizer) + tokenizer.encode(prompt, disallowed_special=())
     if len(token_ids) > config.context_length:
         raise PromptError(
             f"The prompt {prompt[:40]!r}... is {len(token_ids)} tokens long, more than the model's context "
@@ -242,3 +262,15 @@ def tokenizer_from_json(path: Path, release: str | None = None) -> Tokenizer:
             f"{expected_ids[-1]} starting with <|begin_of_text|>. {fix}"
         )
     return Tokenizer(release or release_of_special_tokens(specials), ranks, specials, patterns[0])
+
+
+def tokenizer_count_text(tokenizer, path: Path) -> str:
+    """What a tokenizer file holds, for a message: tokenizer.model's ranks are the file's tokens, and the loader
+    adds Llama 3's 256 special tokens to them; a tokenizer.json holds all of its tokens itself."""
+    if Path(path).suffix == ".model":
+        held = tokenizer.n_vocab - NUM_SPECIAL_TOKENS
+        return (
+            f"{path} holds {held} tokens (with the {NUM_SPECIAL_TOKENS} special tokens Llama 3 adds to them, "
+            f"{tokenizer.n_vocab})"
+        )
+    return f"{path} holds {tokenizer.n_vocab} tokens"

@@ -11,7 +11,10 @@ itself runs, top to bottom in a fresh kernel without comparing outputs, with LLA
 - the demo in Hugging Face's layout, one safetensors file and several with an index; a Llama 3.2-style
   miniature with a tied output matrix; and a folder whose files disagree on the release, as folders
   written by other code do: a Llama 3.1 config.json (rope_scaling factor 8) beside a tokenizer.json with
-  Llama 3's special-token names (the config's release decides, checkpoint.load_checkpoint).
+  Llama 3's special-token names (the config's release decides, checkpoint.load_checkpoint);
+- a real pretrained model whose tokenizer is not Llama 3's (SmolLM2-135M, `make smollm2`) in Meta's layout and
+  in Hugging Face's. The notebook about the real model (16) reads it whatever LLAMA3_DIR says, so it runs
+  once, under nbval, not here.
 
 The notebooks left out only call the package's forward pass and generation loop, which the parity tests
 (tests/test_layouts.py) check on every layout against Meta's reference and transformers: 06 (scores,
@@ -31,7 +34,7 @@ import llama3
 from llama3.tools import synthetic
 
 NOTEBOOKS = sorted(
-    p for p in (llama3.REPO_DIR / "notebooks").glob("[0-9][0-9]_*.ipynb") if p.name[:2] not in {"06", "12", "15"}
+    p for p in (llama3.REPO_DIR / "notebooks").glob("[0-9][0-9]_*.ipynb") if p.name[:2] not in {"06", "12", "15", "16"}
 )
 LAYOUTS = [
     "demo-2-shards",
@@ -41,10 +44,15 @@ LAYOUTS = [
     "demo-hf-sharded",
     "llama3.2-tied-hf",
     "hf-3.1-config-llama3-tokenizer",
+    "smollm2",
+    "smollm2-hf",
 ]
+REAL_MODEL_DIRS = {"smollm2": llama3.SMOLLM2_DIR, "smollm2-hf": llama3.SMOLLM2_HF_DIR}  # written by make smollm2
 
 
 def write_layout(name: str, root: Path) -> Path:
+    if name in REAL_MODEL_DIRS:
+        return REAL_MODEL_DIRS[name]
     out = root / name
     if name.startswith("demo-") and name.endswith("-shards"):
         llama3.reshard(llama3.DEMO_DIR, out, int(name.split("-")[1]))

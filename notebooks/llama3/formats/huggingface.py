@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..byte_level_bpe import ByteLevelBPE, load_tokenizer_json
 from ..config import (
     ROPE_HIGH_FREQ_FACTOR,
     ROPE_LOW_FREQ_FACTOR,
@@ -38,7 +39,7 @@ from ..config import (
 from ..shapes import expected_shapes
 from ..tokens import SPLIT_PATTERN, Tokenizer, hf_special_token_names, load_tokenizer, tokenizer_from_json
 from ..weights import RowPermutedWeight, StoredWeight, output_is_tied, rope_row_permutation, weight_rows
-from .meta import read_json
+from .meta import copy_tokenizer, read_json
 
 # ---------------------------------------------------------------------------------------
 # Reading
@@ -246,14 +247,31 @@ def files_for(files: dict[str, Path], meta: str) -> Path:
     return next((f for name, f in files.items() if meta_key(name) == meta), Path("?"))
 
 
-def load_hf_tokenizer(ckpt_dir: Path, release: str) -> tuple[Tokenizer, Path]:
+def load_tokenizer_file(path: Path, release: str = "3") -> Tokenizer | ByteLevelBPE:
+    """The tokenizer a checkpoint carries: Llama 3's from tokenizer.model, or from tokenizer.json either Llama 3's
+    (its 256 special tokens, <|begin_of_text|> first: tokenizer_from_json) or another model's byte-level BPE
+    (byte_level_bpe.load_tokenizer_json: SmolLM2's)."""
+    path = Path(path)
+    if path.suffix != ".json":
+        return load_tokenizer(path, release)
+    try:
+        added = json.loads(path.read_text(encoding="utf-8")).get("added_tokens", [])
+        names = {t.get("content") for t in added}
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        names = {"<|begin_of_text|>"}  # let tokenizer_from_json say what is wrong with the file
+    if "<|begin_of_text|>" in names:
+        return tokenizer_from_json(path, release)
+    return load_tokenizer_json(path)
+
+
+def load_hf_tokenizer(ckpt_dir: Path, release: str) -> tuple[Tokenizer | ByteLevelBPE, Path]:
     """The tokenizer of a Hugging Face folder: Meta's tokenizer.model from original/ when it is there,
     else the same tokenizer built from tokenizer.json. Returns it and the file it came from."""
     model_file = ckpt_dir / "original" / "tokenizer.model"
     if model_file.exists():
         return load_tokenizer(model_file, release), model_file
     json_file = ckpt_dir / "tokenizer.json"
-    return tokenizer_from_json(json_file, release), json_file
+    return load_tokenizer_file(json_file, release), json_file  # Llama 3's, or another model's (SmolLM2's)
 
 
 # ---------------------------------------------------------------------------------------
@@ -312,9 +330,12 @@ def hf_state_dict(
     return {k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}
 
 
-def hf_config(config: ModelConfig, tied: bool) -> dict:
-    """config.json: LlamaConfig's fields with the values the converter gives each release."""
+def hf_config(config: ModelConfig, tied: bool, special_ids: tuple[int, int] | None = None) -> dict:
+    """config.json: LlamaConfig's fields with the values the converter gives each release. special_ids: the
+    (begin, end) token ids of a model whose tokenizer is not Llama 3's."""
     import transformers
+
+    bos_id, eos_id = special_ids or (BOS_TOKEN_ID, EOS_TOKEN_ID)
 
     rope_scaling = None
     if config.use_scaled_rope:
@@ -329,8 +350,8 @@ def hf_config(config: ModelConfig, tied: bool) -> dict:
         "architectures": ["LlamaForCausalLM"],
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "bos_token_id": BOS_TOKEN_ID,
-        "eos_token_id": EOS_TOKEN_ID,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
         "head_dim": config.head_dim,
         "hidden_act": "silu",
         "hidden_size": config.dim,
@@ -354,11 +375,12 @@ def hf_config(config: ModelConfig, tied: bool) -> dict:
     }
 
 
-def hf_generation_config(release: str) -> dict:
+def hf_generation_config(release: str, special_ids: tuple[int, int] | None = None) -> dict:
     """generation_config.json of the base models: 3.1 and 3.2 add sampling defaults."""
     import transformers
 
-    generation = {"_from_model_config": True, "bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID}
+    bos_id, eos_id = special_ids or (BOS_TOKEN_ID, EOS_TOKEN_ID)
+    generation = {"_from_model_config": True, "bos_token_id": bos_id, "eos_token_id": eos_id}
     if release != "3":
         generation |= {"do_sample": True, "temperature": 0.6, "top_p": 0.9}
     return generation | {"transformers_version": transformers.__version__}
@@ -487,7 +509,23 @@ def write_hf_checkpoint(
         total_size = sum(t.numel() * t.element_size() for t in state.values())
         index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
         write_json(out_dir / "model.safetensors.index.json", index)
-    write_json(out_dir / "config.json", hf_config(config, tied))
-    write_json(out_dir / "generation_config.json", hf_generation_config(config.release))
-    write_tokenizer_files(out_dir, Path(tokenizer_model), config)
+    special_ids = None
+    if Path(tokenizer_model).suffix == ".json":  # a tokenizer that is not Llama 3's (SmolLM2's): kept as it is
+        special_ids = copy_tokenizer_json(Path(tokenizer_model), out_dir)
+    else:
+        write_tokenizer_files(out_dir, Path(tokenizer_model), config)
+    write_json(out_dir / "config.json", hf_config(config, tied, special_ids))
+    write_json(out_dir / "generation_config.json", hf_generation_config(config.release, special_ids))
     return out_dir
+
+
+def copy_tokenizer_json(tokenizer_json: Path, out_dir: Path) -> tuple[int, int]:
+    """tokenizer.json and the tokenizer_config.json beside it into out_dir; returns the ids of the begin and
+    end tokens tokenizer_config.json names (for config.json)."""
+    config_file = tokenizer_json.with_name("tokenizer_config.json")
+    if not config_file.exists():
+        raise CheckpointError(f"{config_file} is missing: it names the begin and end tokens of {tokenizer_json}.")
+    copy_tokenizer(tokenizer_json, out_dir)
+    tokenizer = load_tokenizer_file(out_dir / "tokenizer.json")
+    names = json.loads(config_file.read_text())
+    return tokenizer.encode_single_token(names["bos_token"]), tokenizer.encode_single_token(names["eos_token"])

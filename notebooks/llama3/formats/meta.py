@@ -376,6 +376,16 @@ def write_meta_shards(
     for src, dst in zip(partial, targets):
         src.rename(dst)
     (out_dir / "params.json").write_text(json.dumps(written))
-    if Path(tokenizer_model).resolve() != (out_dir / "tokenizer.model").resolve():
-        shutil.copyfile(tokenizer_model, out_dir / "tokenizer.model")
+    copy_tokenizer(Path(tokenizer_model), out_dir)
     return written
+
+
+def copy_tokenizer(tokenizer_file: Path, out_dir: Path) -> None:
+    """The tokenizer beside the weights under its own name: Llama 3's tokenizer.model, or the tokenizer.json
+    of a model whose tokenizer is not Llama 3's, with the tokenizer_config.json beside it (its stop token)."""
+    files = [tokenizer_file]
+    if tokenizer_file.suffix == ".json" and tokenizer_file.with_name("tokenizer_config.json").exists():
+        files.append(tokenizer_file.with_name("tokenizer_config.json"))
+    for f in files:
+        if f.resolve() != (out_dir / f.name).resolve():
+            shutil.copyfile(f, out_dir / f.name)

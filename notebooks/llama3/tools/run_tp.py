@@ -124,10 +124,13 @@ def work(args: argparse.Namespace) -> None:
         if not (ckpt_dir / "params.json").exists():
             llama3.checkpoint_layout(ckpt_dir)  # no folder, no shards, or params.json missing: says which
         shard = llama3.load_rank_shard(ckpt_dir, llama3.read_params(ckpt_dir), rank, world_size, device)
-        tokenizer = llama3.load_tokenizer(ckpt_dir / "tokenizer.model", shard.config.release)
+        tokenizer_path = ckpt_dir / "tokenizer.model"
+        if not tokenizer_path.exists():  # a model whose tokenizer is not Llama 3's carries tokenizer.json
+            tokenizer_path = ckpt_dir / "tokenizer.json"
+        tokenizer = llama3.load_tokenizer_file(tokenizer_path, shard.config.release)
         if tokenizer.n_vocab != shard.config.vocab_size:
             raise llama3.CheckpointError(
-                f"{ckpt_dir / 'tokenizer.model'} gives {tokenizer.n_vocab} tokens but params.json's vocab_size is "
+                f"{llama3.tokenizer_count_text(tokenizer, tokenizer_path)}, but params.json's vocab_size is "
                 f"{shard.config.vocab_size}. Use the tokenizer that came with this checkpoint."
             )
         prompt = llama3.prompt_text()

@@ -62,7 +62,7 @@ def test_float32_tolerance_catches_a_cache_one_position_off(demo):
     x = llama3.embed(weights["tok_embeddings.weight"], token_ids[-1:])
     freqs_cis = llama3.rope_freqs_cis(c, 1, start=len(token_ids) - 2)  # one position early
     for layer in range(c.n_layers):
-        x = llama3.transformer_layer(x, llama3.layer_weights(weights, layer), c, freqs_cis, cache, layer)
+        x = llama3.transformer_layer(x, llama3.layer_weights(weights, layer), c, freqs_cis, cache.layer(layer))
     off_by_one = llama3.output_logits(x, weights, c)[-1]
     relative = float((off_by_one - full).abs().max() / full.abs().max())
     assert relative > 100 * llama3.logits_tolerance(c, torch.float32)

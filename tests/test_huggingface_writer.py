@@ -181,9 +181,7 @@ def test_permutation_turns_metas_rope_into_rotate_half(demo):
     rotated_meta = llama3.apply_rope(q_meta, llama3.rope_freqs_cis(c, n))
     wq_hf = huggingface.to_hf_rows(wq, c.n_heads)
     q_hf = (x @ wq_hf.T).reshape(n, c.n_heads, c.head_dim).transpose(0, 1)
-    cos, sin = LlamaRotaryEmbedding(LlamaConfig(**huggingface.hf_config(c, "3", tied=False)))(
-        q_hf, torch.arange(n)[None]
-    )
+    cos, sin = LlamaRotaryEmbedding(LlamaConfig(**huggingface.hf_config(c, tied=False)))(q_hf, torch.arange(n)[None])
     rotated_hf = apply_rotary_pos_emb(q_hf[None], q_hf[None], cos, sin)[0][0]  # [H, T, d], halves layout
     rows_hf = rotated_hf.transpose(1, 2).reshape(c.n_heads * c.head_dim, n)  # [H * d, T], like wq's rows
     rows_meta = huggingface.to_meta_rows(rows_hf, c.n_heads)
@@ -228,7 +226,7 @@ def test_config_json_has_the_published_values(name):
     release, published = PUBLISHED_CONFIGS[name]
     config = llama3.ModelConfig.from_params(llama3.FAMILY_PARAMS[name])
     assert config.release == release
-    written = huggingface.hf_config(config, release, tied=release == "3.2")
+    written = huggingface.hf_config(config, tied=release == "3.2")
     assert {k: written[k] for k in published} == published
     assert written["architectures"] == ["LlamaForCausalLM"]
     assert (written["model_type"], written["hidden_act"]) == ("llama", "silu")
@@ -240,7 +238,7 @@ def test_make_checkpoint_layouts_hold_the_same_random_model(tmp_path, monkeypatc
     a Meta folder to the same files."""
 
     def run(*argv):
-        monkeypatch.setattr(sys, "argv", ["synthetic.py", *map(str, argv)])
+        monkeypatch.setattr(sys, "argv", ["make_checkpoint.py", *map(str, argv)])
         synthetic.main()
 
     run(tmp_path / "meta", "--preset", "mha", "--seed", "3")
@@ -263,7 +261,11 @@ def test_make_checkpoint_layouts_hold_the_same_random_model(tmp_path, monkeypatc
 def tokenizer_pair(request, demo, tmp_path_factory):
     """(from tokenizer.json, from tokenizer.model, the tokenizer.json path) for a release."""
     out = tmp_path_factory.mktemp("tokenizer")
-    huggingface.write_tokenizer_files(out, demo.path / "tokenizer.model", request.param)
+    huggingface.write_tokenizer_files(
+        out,
+        demo.path / "tokenizer.model",
+        llama3.ModelConfig.from_params(llama3.FAMILY_PARAMS["Llama 3 8B" if request.param == "3" else "Llama 3.1 8B"]),
+    )
     path = out / "tokenizer.json"
     assert llama3.tokenizer_from_json(path).name == f"llama{request.param}"  # the release told from the names
     return (

@@ -1,6 +1,6 @@
 """Every assumption the walkthrough makes about Meta's files, checked against what Meta publishes.
 
-Our own writer (scripts/synthetic.py) produces the checkpoints most tests use, so a test that only
+Our own writer (scripts/checkpoints/make_checkpoint.py) produces the checkpoints most tests use, so a test that only
 reads its files can never see a difference between our writer and Meta's. The facts below come from Meta,
 not from our writer:
 - the key order of Meta-Llama-3-8B's `consolidated.00.pth`, as `torch.load` lists it (naklecha's

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from .config import CheckpointError, PromptError
-from .tokens import byte_level_alphabet
+from .tokens import byte_level_alphabet, read_bpe_json
 
 __all__ = ["GPT2_SPLIT_PATTERN", "ByteLevelBPE", "load_tokenizer_json"]
 
@@ -194,13 +194,7 @@ def load_tokenizer_json(path: str | Path) -> ByteLevelBPE:
     """ByteLevelBPE from a byte-level BPE tokenizer.json with merges (SmolLM2's), and the stop token from
     tokenizer_config.json's eos_token when that file lies beside it."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise CheckpointError(f"{path} cannot be read as JSON ({type(error).__name__}). Download it again.") from None
-    model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise CheckpointError(f"{path} is not a byte-pair-encoding tokenizer.json (no BPE model with a vocabulary).")
+    data, model = read_bpe_json(path, "Download it again from the model's repository.")
     if data.get("normalizer"):
         raise CheckpointError(
             f"{path} has a normalizer ({data['normalizer'].get('type')}): not a byte-level BPE tokenizer."

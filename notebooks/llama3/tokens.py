@@ -214,6 +214,21 @@ def byte_level_alphabet() -> dict[int, str]:
     return table
 
 
+def read_bpe_json(path: Path, fix: str) -> tuple[dict, dict]:
+    """A tokenizer.json holding a byte-pair-encoding model with a vocabulary: (the file, its model), or one
+    message naming the file and `fix`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(f"{path} cannot be read as JSON ({type(error).__name__}). {fix}") from None
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise CheckpointError(
+            f"{path} is not a byte-pair-encoding tokenizer.json (Llama 2's is SentencePiece-based). {fix}"
+        )
+    return data, model
+
+
 def tokenizer_from_json(path: Path, release: str | None = None) -> Tokenizer:
     """The tokenizer from Hugging Face's tokenizer.json alone: the same ranks, split pattern and special
     tokens as load_tokenizer gives from tokenizer.model.
@@ -227,15 +242,7 @@ def tokenizer_from_json(path: Path, release: str | None = None) -> Tokenizer:
         "Use the tokenizer.json of a Llama 3 repository on Hugging Face (meta-llama/...), "
         "or tokenizer.model from its original/ folder."
     )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise CheckpointError(f"{path} cannot be read as JSON ({type(error).__name__}). {fix}") from None
-    model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise CheckpointError(
-            f"{path} is not a byte-pair-encoding tokenizer.json (Llama 2's is SentencePiece-based). {fix}"
-        )
+    data, model = read_bpe_json(path, fix)
     char_to_byte = {c: b for b, c in byte_level_alphabet().items()}
     try:
         ranks = {bytes(char_to_byte[c] for c in token): int(rank) for token, rank in model["vocab"].items()}

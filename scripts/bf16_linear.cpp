@@ -190,6 +190,13 @@ void gemv_tiles(const uint32_t* x32, const uint16_t* w, uint16_t* out, int K, in
     }
 }
 
+// Threads take the weight rows in chunks of kChunkTiles tiles (256 rows), each the next one not yet
+// taken (OpenMP's dynamic schedule), rather than half each: on a machine shared with other work, a thread
+// that gets less of its core then does less of the matrix instead of holding up the other one.
+constexpr int kChunkTiles = 16;
+inline int chunks(int n_tiles) { return (n_tiles + kChunkTiles - 1) / kChunkTiles; }
+inline int chunk_end(int c, int n_tiles) { return (c + 1) * kChunkTiles < n_tiles ? (c + 1) * kChunkTiles : n_tiles; }
+
 // The x buffer of the calling thread, kept between calls (a decode step makes 224 of them).
 uint32_t* x_buffer(size_t dwords) {
     thread_local uint32_t* buffer = nullptr;
@@ -216,11 +223,9 @@ int bf16_linear(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, int 
     const int K2 = K / 2, n_tiles = N / kTileN;
     const uint32_t* x32 = reinterpret_cast<const uint32_t*>(x);
     if (M == 1) {  // x's pairs as they lie; each thread a contiguous range of weight rows
-#pragma omp parallel
-        {
-            const long n = omp_get_num_threads(), i = omp_get_thread_num();
-            gemv_tiles(x32, w, out, K, kchunk, (int)(n_tiles * i / n), (int)(n_tiles * (i + 1) / n));
-        }
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int c = 0; c < chunks(n_tiles); c++)
+            gemv_tiles(x32, w, out, K, kchunk, c * kChunkTiles, chunk_end(c, n_tiles));
         return 0;
     }
     // x as pairs, pair-major, so that one pass reads the M pairs it broadcasts side by side.
@@ -228,11 +233,9 @@ int bf16_linear(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, int 
     if (!x_pairs) return -1;
     for (int m = 0; m < M; m++)
         for (int p = 0; p < K2; p++) x_pairs[(size_t)p * M + m] = x32[(size_t)m * K2 + p];
-#pragma omp parallel
-    {
-        const long n = omp_get_num_threads(), i = omp_get_thread_num();
-        tiles(x_pairs, w, out, M, N, K, kchunk, (int)(n_tiles * i / n), (int)(n_tiles * (i + 1) / n));
-    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int c = 0; c < chunks(n_tiles); c++)
+        tiles(x_pairs, w, out, M, N, K, kchunk, c * kChunkTiles, chunk_end(c, n_tiles));
     return 0;
 }
 
@@ -325,12 +328,13 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_pass(const uint32_t* xb0, 
     config.colsb[0] = config.colsb[1] = 64;                     // weight rows: 32 inputs each
     config.colsb[2] = config.colsb[4] = config.colsb[6] = 4 * cols0;  // x block 0 and its outputs
     config.colsb[3] = config.colsb[5] = config.colsb[7] = 4 * (B > 1 ? cols1 : cols0);
-    const long n = omp_get_num_threads(), i = omp_get_thread_num();
-    // Pairs of weight tiles, split between threads; an odd last tile alone.
-    const int pairs = n_tiles / 2, begin = (int)(pairs * i / n), end = (int)(pairs * (i + 1) / n);
     _tile_loadconfig(&config);
-    for (int p = begin; p < end; p++) amx_tiles<2, B>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock, 2 * p);
-    if (n_tiles % 2 && i == n - 1) amx_tiles<1, B>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock, n_tiles - 1);
+#pragma omp for schedule(dynamic, 1)
+    for (int c = 0; c < chunks(n_tiles); c++) {  // pairs of weight tiles (kChunkTiles is even); an odd last tile alone
+        const int begin = c * kChunkTiles, end = chunk_end(c, n_tiles);
+        for (int t = begin; t + 1 < end; t += 2) amx_tiles<2, B>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock, t);
+        if ((end - begin) % 2) amx_tiles<1, B>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock, end - 1);
+    }
     _tile_release();
 }
 

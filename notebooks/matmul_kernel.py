@@ -204,6 +204,14 @@ def cpu_kind() -> str:
     return "no AVX-512 BF16"
 
 
+def model_paths(config, rows=(1, 17)) -> dict[str, dict[int, str]]:
+    """path() for each weight matrix of a model (a llama3.ModelConfig), at each number of rows of x:
+    1 for a decode step, the prompt's tokens for a forward pass."""
+    D, F, kv = config.dim, config.ffn_hidden_dim, config.n_kv_heads * config.head_dim
+    shapes = {"wq, wo": (D, D), "wk, wv": (kv, D), "w1, w3": (F, D), "w2": (D, F), "output": (config.vocab_size, D)}
+    return {name: {r: path(r, columns, n) for r in rows} for name, (n, columns) in shapes.items()}
+
+
 def path(rows: int, columns: int, weight_rows: int) -> str:
     """Which code serves a bfloat16 x [rows, columns] @ w [weight_rows, columns]^T here, in words
     (measuring torch's order and checking the kernel against it first, as linear does)."""
@@ -215,10 +223,11 @@ def path(rows: int, columns: int, weight_rows: int) -> str:
     if choice is None:
         return "torch (the kernel's sums differ from torch's here)"
     kind, n = choice
-    length = "all inputs" if n >= columns else f"{n} inputs"
     if kind == "amx":
-        return f"kernel, AMX tiles ({rows} row{'s' * (rows > 1)} wide), partial sums of {length}"
-    return f"kernel, AVX-512 BF16 {'matrix-vector' if rows == 1 else 'tiles'}, runs of {length}"
+        sums = "one float32 sum per output" if n >= columns else f"float32 partial sums of {n} inputs, added in order"
+        return f"kernel: AMX tiles; {sums}"
+    sums = "one float32 run per output" if n >= columns else f"float32 runs of {n} inputs, added in order"
+    return f"kernel: AVX-512 BF16, the {'one-row' if rows == 1 else 'tile'} path; {sums}"
 
 
 def _choose(rows: int, columns: int, weight_rows: int) -> tuple[str, int] | None:

@@ -247,13 +247,6 @@ def matmul_rate(m: int, k: int, n: int, matmul=lambda a, b: a @ b.T, seconds: fl
     return 2 * m * k * n * count / (time.perf_counter() - started)
 
 
-def matmul_paths(config: llama3.ModelConfig = llama3.LLAMA3_8B, tokens: int = 17) -> dict[str, dict[int, str]]:
-    """Which code serves each weight matmul of the model here, for a decode step (1 row) and the prompt."""
-    D, F, kv = config.dim, config.ffn_hidden_dim, config.n_kv_heads * config.head_dim
-    shapes = {"wq/wo": (D, D), "wk/wv": (kv, D), "w1/w3": (F, D), "w2": (D, F), "output": (config.vocab_size, D)}
-    return {name: {rows: matmul_kernel.path(rows, cols, n) for rows in (1, tokens)} for name, (n, cols) in shapes.items()}
-
-
 def run_floor(model_dir: Path) -> dict:
     config = llama3.read_params(model_dir)
     tokens = len(llama3.encode_prompt(llama3.load_tokenizer(model_dir / "tokenizer.model"), llama3.DEFAULT_PROMPT, config))
@@ -280,7 +273,7 @@ def run_floor(model_dir: Path) -> dict:
     compute_floor = 2 * multiplied_parameters(weights) * tokens / best
     bandwidth_floor = weight_bytes_read(weights, tokens) / bandwidth
     return {
-        "paths": matmul_paths(config, tokens),
+        "paths": matmul_kernel.model_paths(config, (1, tokens)),
         "cpu_kind": matmul_kernel.cpu_kind(),
         "bandwidth_gb_per_s": bandwidth / 1e9,
         "bandwidth_method": bandwidth_method,
@@ -494,8 +487,9 @@ def main() -> None:
         f"and one read of its {floor['weight_gb_forward']:.1f} GB of weights ({floor['bandwidth_floor_seconds']:.2f} s): "
         f"{floor['floor_binds']} binds.",
         "",
-        f"**Prefill** (warm, median of 5): {warm['forward_seconds']:.3f} s, {100 * fl / warm['forward_seconds']:.0f}% of its "
-        f"floor ({fl:.3f} s). **Decode** (median of {DECODE_STEPS} steps): {decode['median_seconds']:.3f} s per token, "
+        f"**Prefill** (the forward pass over the prompt, warm, the first in a fresh process, so with the kernel's "
+        f"one-time checks of each new shape; median of 5): {warm['forward_seconds']:.3f} s, "
+        f"{100 * fl / warm['forward_seconds']:.0f}% of its floor ({fl:.3f} s). **Decode** (median of {DECODE_STEPS} steps): {decode['median_seconds']:.3f} s per token, "
         f"{100 * floor['decode_floor_seconds'] / decode['median_seconds']:.0f}% of its floor "
         f"({floor['decode_floor_seconds']:.3f} s: one read of {floor['weight_gb_decode']:.1f} GB at {bw:.1f} GB/s).",
         "",

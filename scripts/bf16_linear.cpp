@@ -15,12 +15,114 @@
 //
 // Layout in the inner loop: each 512-bit lane holds one output column (one weight row), so
 // one vdpbf16ps adds pair p of 16 weight rows times pair p of one row of x, broadcast.
-// Threads come from torch's own OpenMP runtime (this library links the libgomp torch loaded).
+// Threads: as many as torch's OpenMP runtime is set to use (this library links the libgomp torch loaded),
+// but run by a small pool of this library's own (see ChunkPool below).
 
 #include <immintrin.h>
+#include <linux/futex.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// The weight rows of one call are cut into chunks, and each thread takes the next chunk not yet taken.
+// An OpenMP parallel region would do the same, but it ends on a barrier that waits for every thread of
+// the team, also one that has not started yet: on a machine whose cores are shared with other work, a
+// helper thread that is waiting for a core then holds up the call for a whole scheduler time slice
+// (measured here: 4-8 ms a call, 224 calls per decode step, several seconds per token). Here the calling
+// thread takes chunks too and waits only for chunks already taken; a helper that comes late finds none
+// left. Helpers spin for a short while after a call (the next one usually follows within microseconds),
+// then sleep on a futex.
+class ChunkPool {
+  public:
+    template <class F>
+    void run(int n_chunks, F&& f) {
+        const int threads = omp_get_max_threads();  // what torch.set_num_threads set
+        std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);  // another thread's call in progress: run alone
+        if (threads <= 1 || n_chunks <= 1 || !lock.owns_lock()) {
+            for (int c = 0; c < n_chunks; c++) f(c);
+            return;
+        }
+        start(threads - 1);
+        fn_ = [](void* ctx, int c) { (*static_cast<F*>(ctx))(c); };
+        ctx_ = &f;
+        n_chunks_ = n_chunks, helpers_allowed_ = threads - 1;
+        done_.store(0, std::memory_order_relaxed);
+        const uint32_t gen = generation_.load(std::memory_order_relaxed) + 1;
+        state_.store((uint64_t)gen << 32, std::memory_order_release);  // chunk 0 of this call is next
+        generation_.store(gen, std::memory_order_release);
+        if (sleeping_.load(std::memory_order_acquire) > 0)
+            syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
+        work(gen);
+        while (done_.load(std::memory_order_acquire) < n_chunks) _mm_pause();  // only chunks others took
+    }
+
+  private:
+    void start(int helpers) {
+        while ((int)threads_.size() < helpers) {
+            const int index = (int)threads_.size();
+            threads_.emplace_back([this, index] { loop(index); });
+            threads_.back().detach();
+        }
+    }
+
+    // Takes chunks of call `gen` until none are left; false if the call is over (a newer one began).
+    void work(uint32_t gen) {
+        uint64_t state = state_.load(std::memory_order_acquire);
+        for (;;) {
+            if ((uint32_t)(state >> 32) != gen || (int)(uint32_t)state >= n_chunks_) return;
+            if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel)) continue;
+            fn_(ctx_, (int)(uint32_t)state);
+            done_.fetch_add(1, std::memory_order_release);
+            state = state_.load(std::memory_order_acquire);
+        }
+    }
+
+    void loop(int index) {
+        uint32_t seen = generation_.load(std::memory_order_acquire);
+        for (;;) {
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+            uint32_t gen;
+            while ((gen = generation_.load(std::memory_order_acquire)) == seen) {
+                if (std::chrono::steady_clock::now() < until) {
+                    for (int i = 0; i < 16; i++) _mm_pause();
+                    continue;
+                }
+                sleeping_.fetch_add(1, std::memory_order_acq_rel);
+                if (generation_.load(std::memory_order_acquire) == seen)
+                    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0);
+                sleeping_.fetch_sub(1, std::memory_order_acq_rel);
+            }
+            seen = gen;
+            if (index < helpers_allowed_) work(gen);
+        }
+    }
+
+    std::atomic<uint32_t> generation_{0};  // one more for each call: what sleeping helpers wait on
+    std::atomic<uint64_t> state_{0};       // the call's generation (high half) and its next chunk (low half)
+    std::atomic<int> done_{0}, sleeping_{0};
+    void (*fn_)(void*, int) = nullptr;
+    void* ctx_ = nullptr;
+    int n_chunks_ = 0, helpers_allowed_ = 0;
+    std::vector<std::thread> threads_;
+    std::mutex busy_;
+};
+
+ChunkPool& pool() {
+    static ChunkPool* p = new ChunkPool;  // never destroyed: its detached threads use it until the process ends
+    return *p;
+}
+
+}  // namespace
 
 namespace {
 
@@ -191,8 +293,8 @@ void gemv_tiles(const uint32_t* x32, const uint16_t* w, uint16_t* out, int K, in
 }
 
 // Threads take the weight rows in chunks of kChunkTiles tiles (256 rows), each the next one not yet
-// taken (OpenMP's dynamic schedule), rather than half each: on a machine shared with other work, a thread
-// that gets less of its core then does less of the matrix instead of holding up the other one.
+// taken (ChunkPool), rather than half each: on a machine shared with other work, a thread that gets less
+// of its core then does less of the matrix instead of holding up the other one.
 constexpr int kChunkTiles = 16;
 inline int chunks(int n_tiles) { return (n_tiles + kChunkTiles - 1) / kChunkTiles; }
 inline int chunk_end(int c, int n_tiles) { return (c + 1) * kChunkTiles < n_tiles ? (c + 1) * kChunkTiles : n_tiles; }
@@ -223,9 +325,7 @@ int bf16_linear(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, int 
     const int K2 = K / 2, n_tiles = N / kTileN;
     const uint32_t* x32 = reinterpret_cast<const uint32_t*>(x);
     if (M == 1) {  // x's pairs as they lie; each thread a contiguous range of weight rows
-#pragma omp parallel for schedule(dynamic, 1)
-        for (int c = 0; c < chunks(n_tiles); c++)
-            gemv_tiles(x32, w, out, K, kchunk, c * kChunkTiles, chunk_end(c, n_tiles));
+        pool().run(chunks(n_tiles), [&](int c) { gemv_tiles(x32, w, out, K, kchunk, c * kChunkTiles, chunk_end(c, n_tiles)); });
         return 0;
     }
     // x as pairs, pair-major, so that one pass reads the M pairs it broadcasts side by side.
@@ -233,9 +333,7 @@ int bf16_linear(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, int 
     if (!x_pairs) return -1;
     for (int m = 0; m < M; m++)
         for (int p = 0; p < K2; p++) x_pairs[(size_t)p * M + m] = x32[(size_t)m * K2 + p];
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int c = 0; c < chunks(n_tiles); c++)
-        tiles(x_pairs, w, out, M, N, K, kchunk, c * kChunkTiles, chunk_end(c, n_tiles));
+    pool().run(chunks(n_tiles), [&](int c) { tiles(x_pairs, w, out, M, N, K, kchunk, c * kChunkTiles, chunk_end(c, n_tiles)); });
     return 0;
 }
 
@@ -250,9 +348,6 @@ int bf16_linear(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, int 
 // contiguous: no reordering at all), and B holds x in the pair-interleaved layout AMX expects.
 // Every output still gets the same products added in the same groups of 32, in order, so the result
 // is torch's, which notebooks/matmul_kernel.py checks before using it.
-
-#include <sys/syscall.h>
-#include <unistd.h>
 
 namespace {
 
@@ -317,24 +412,22 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16"))) void amx_tiles(
         }
 }
 
+// Chunk c of the weight rows: pairs of weight tiles (kChunkTiles is even); an odd last tile alone. Each chunk
+// sets up the tiles of the thread that takes it, and releases them after.
 template <int B>
-__attribute__((target("amx-tile,amx-bf16"))) void amx_pass(const uint32_t* xb0, const uint32_t* xb1, int cols0,
-                                                          int cols1, const uint16_t* w, uint16_t* out, int m0, int N,
-                                                          int K, int kblock) {
-    const int n_tiles = N / 16;
+__attribute__((target("amx-tile,amx-bf16"))) void amx_chunk(int c, const uint32_t* xb0, const uint32_t* xb1, int cols0,
+                                                           int cols1, const uint16_t* w, uint16_t* out, int m0, int N,
+                                                           int K, int kblock) {
     TileConfig config = {};
     config.palette = 1;
     for (int t = 0; t < 8; t++) config.rows[t] = 16;
-    config.colsb[0] = config.colsb[1] = 64;                     // weight rows: 32 inputs each
+    config.colsb[0] = config.colsb[1] = 64;                           // weight rows: 32 inputs each
     config.colsb[2] = config.colsb[4] = config.colsb[6] = 4 * cols0;  // x block 0 and its outputs
     config.colsb[3] = config.colsb[5] = config.colsb[7] = 4 * (B > 1 ? cols1 : cols0);
     _tile_loadconfig(&config);
-#pragma omp for schedule(dynamic, 1)
-    for (int c = 0; c < chunks(n_tiles); c++) {  // pairs of weight tiles (kChunkTiles is even); an odd last tile alone
-        const int begin = c * kChunkTiles, end = chunk_end(c, n_tiles);
-        for (int t = begin; t + 1 < end; t += 2) amx_tiles<2, B>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock, t);
-        if ((end - begin) % 2) amx_tiles<1, B>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock, end - 1);
-    }
+    const int n_tiles = N / 16, begin = c * kChunkTiles, end = chunk_end(c, n_tiles);
+    for (int t = begin; t + 1 < end; t += 2) amx_tiles<2, B>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock, t);
+    if ((end - begin) % 2) amx_tiles<1, B>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock, end - 1);
     _tile_release();
 }
 
@@ -371,13 +464,12 @@ int bf16_linear_amx(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, 
             }
             xb0 = xb, xb1 = xb + K2 * 16;
         }
-#pragma omp parallel
-        {
+        pool().run(chunks(N / 16), [&](int c) {
             if (cols1 > 0)
-                amx_pass<2>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock);
+                amx_chunk<2>(c, xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock);
             else
-                amx_pass<1>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock);
-        }
+                amx_chunk<1>(c, xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock);
+        });
     }
     return 0;
 }

@@ -18,7 +18,7 @@ export LLAMA3_DIR := $(abspath $(LLAMA3_DIR))
 endif
 
 .PHONY: setup run run-tp test lint test-layouts test-tp8 test-ui lab book demo smollm2 clean synthetic-8b synthetic-1b \
-	synthetic-3b bench bench-sizes test-8b test-1b tolerance-8b synthetic-70b-slice bench-tp
+	synthetic-3b bench bench-sizes test-8b test-1b tolerance-8b synthetic-70b-slice bench-tp bench-llamacpp
 
 setup: $(INSTALLED) $(DEMO) $(DEMO_HF) $(KERNEL_LIB)
 
@@ -138,6 +138,30 @@ $(SYNTHETIC_3B)/consolidated.00.pth: | $(INSTALLED)
 # Ours against the usual in-RAM approach and the machine's floor, at 8B; writes build/bench.md.
 bench: setup synthetic-8b
 	$(PY) scripts/bench/bench.py --model-dir $(SYNTHETIC_8B)
+
+# This project's prefill and decode beside llama.cpp's on the same weights and token ids (not part of `make test`):
+# llama-cpp-python (version pinned in scripts/bench/requirements-llamacpp.txt) compiled from its source distribution for this
+# CPU (-march=native through GGML_NATIVE, CPU only), the synthetic 8B written in Hugging Face's layout and
+# converted to a bf16 GGUF by llama.cpp's own convert_hf_to_gguf.py from that source distribution (16 GB, kept
+# beside the checkpoint; the Hugging Face copy is deleted). Writes build/bench-llamacpp.md.
+LLAMACPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' scripts/bench/requirements-llamacpp.txt)
+LLAMACPP_SRC := build/llamacpp/llama_cpp_python-$(LLAMACPP_VERSION)
+LLAMACPP_INSTALLED := $(VENV)/.llamacpp-$(LLAMACPP_VERSION)
+LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=ON -DGGML_LLAMAFILE=ON -DGGML_OPENMP=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF \
+	-DGGML_VULKAN=OFF -DGGML_METAL=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+$(LLAMACPP_SRC)/vendor/llama.cpp/convert_hf_to_gguf.py: scripts/bench/requirements-llamacpp.txt | $(INSTALLED)
+	@mkdir -p build/llamacpp
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: -d build/llamacpp \
+		llama-cpp-python==$(LLAMACPP_VERSION)
+	tar -xzf build/llamacpp/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C build/llamacpp
+	touch $@
+$(LLAMACPP_INSTALLED): scripts/bench/requirements-llamacpp.txt $(LLAMACPP_SRC)/vendor/llama.cpp/convert_hf_to_gguf.py | $(INSTALLED)
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet \
+		--disable-pip-version-check --no-binary llama-cpp-python -r scripts/bench/requirements-llamacpp.txt
+	touch $@
+bench-llamacpp: setup synthetic-8b $(LLAMACPP_INSTALLED)
+	$(PY) scripts/bench/bench_llamacpp.py --model-dir $(SYNTHETIC_8B) --converter $(LLAMACPP_SRC)/vendor/llama.cpp/convert_hf_to_gguf.py
 
 # Llama 3 70B's exact widths (dim 8192, 64 query and 8 key/value heads, FFN 28672, vocabulary 128256) in
 # Meta's 8 model-parallel files, but 2 of its 80 layers: each layer is 1.7 GB and the embedding and output

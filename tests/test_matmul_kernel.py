@@ -85,6 +85,29 @@ def test_a_wrong_summation_order_is_caught():
 
 
 @needs_kernel
+@pytest.mark.parametrize("run", [512, 1024, 1 << 30])
+@pytest.mark.parametrize("out_features, in_features", [(1040, 4096), (64, 14336), (16, 1024), (48, 2048)])
+def test_matrix_vector_path_sums_as_the_tile_path(out_features, in_features, run):
+    """Without AMX a single row has a path of its own (blocks transposed in registers, several tiles at
+    once; scripts/bf16_linear.cpp). It must add the same products in the same order as the path for
+    several rows, whose order is the one checked against torch on such CPUs: the same x as row 0 of two
+    rows gives the same bits. Any CPU with AVX-512 BF16 runs both paths, AMX or not. (1, 2, 3 and 65
+    tiles of 16 weight rows: groups of four tiles and what is left over.) Random inputs, and ones against
+    rows that hold +2**30 and -2**30, where another order or other run boundaries give other bits."""
+    gen = torch.Generator().manual_seed(out_features * in_features)
+    absorbing = kernel.absorbing_weight(out_features, in_features, gen)
+    ones = torch.ones(1, in_features, dtype=torch.bfloat16)
+    for x, w in (
+        (spiky((1, in_features), seed=in_features), spiky((out_features, in_features), seed=out_features)),
+        (ones, absorbing),
+    ):
+        one = kernel._kernel(x, w, ("avx512", run))
+        two = kernel._kernel(torch.cat([x, spiky((1, in_features), seed=7)]), w, ("avx512", run))
+        assert one is not None and two is not None
+        assert torch.equal(one[0], two[0])
+
+
+@needs_kernel
 def test_read_all_reads_every_byte():
     t = torch.randint(0, 2**62, (1 << 16,), dtype=torch.int64)
     expected = 0

@@ -133,6 +133,17 @@ def _torch_amx_blocks(rows: int, columns: int, weight_rows: int) -> int | None:
     return block if shares == expected and block % 32 == 0 else None
 
 
+def absorbing_weight(weight_rows: int, columns: int, gen: torch.Generator) -> torch.Tensor:
+    """Ones, with +2**30 and -2**30 at two random places in each row: times a row of ones, the result
+    counts the ones that were not added while 2**30 was in the sum, so it shows where partial sums start."""
+    u = torch.rand(weight_rows, 2, generator=gen)
+    first = (u[:, 0] * (columns - 1)).long()
+    places = torch.stack([first, first + 1 + (u[:, 1] * (columns - 1 - first)).long()], dim=1)  # two, in order
+    absorbing = torch.ones(weight_rows, columns, dtype=torch.bfloat16)
+    absorbing.scatter_(1, places, torch.tensor([2.0**30, -(2.0**30)], dtype=torch.bfloat16).expand(weight_rows, 2))
+    return absorbing
+
+
 def _agrees_with_torch(rows: int, columns: int, choice: tuple[str, int], weight_rows: int = CHECK_ROWS) -> bool:
     """Kernel == torch on random inputs, and on inputs where the summation order decides the result:
     each weight row is ones with +2**30 and -2**30 at two random places. float32 keeps steps of 128
@@ -142,16 +153,16 @@ def _agrees_with_torch(rows: int, columns: int, choice: tuple[str, int], weight_
     gen = torch.Generator().manual_seed(rows * 100003 + columns)
     x = torch.randn(rows, columns, generator=gen).bfloat16()
     w = torch.randn(weight_rows, columns, generator=gen, dtype=torch.bfloat16) / columns**0.5
-    u = torch.rand(weight_rows, 2, generator=gen)
-    first = (u[:, 0] * (columns - 1)).long()
-    places = torch.stack([first, first + 1 + (u[:, 1] * (columns - 1 - first)).long()], dim=1)  # two, in order
-    absorbing = torch.ones(weight_rows, columns, dtype=torch.bfloat16)
-    absorbing.scatter_(1, places, torch.tensor([2.0**30, -(2.0**30)], dtype=torch.bfloat16).expand(weight_rows, 2))
+    absorbing = absorbing_weight(weight_rows, columns, gen)
     for xs, weight in ((x, w), (torch.ones(rows, columns, dtype=torch.bfloat16), absorbing)):
         got = _kernel(xs, weight, choice)
         if got is None or not torch.equal(got, xs @ weight.T):
             return False
     return True
+
+
+def _shape_fits(rows: int, columns: int, weight_rows: int) -> bool:
+    return 1 <= rows <= MAX_ROWS and columns >= MIN_COLUMNS and columns % 32 == 0 and weight_rows % 16 == 0
 
 
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
@@ -160,10 +171,7 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
         x.dtype == w.dtype == torch.bfloat16
         and x.device.type == w.device.type == "cpu"
         and x.dim() == w.dim() == 2
-        and 1 <= x.shape[0] <= MAX_ROWS
-        and x.shape[1] >= MIN_COLUMNS
-        and x.shape[1] % 32 == 0
-        and w.shape[0] % 16 == 0
+        and _shape_fits(x.shape[0], x.shape[1], w.shape[0])
         and x.is_contiguous()
         and w.is_contiguous()
         and not (x.requires_grad or w.requires_grad)
@@ -171,13 +179,56 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
         return None
     if not available():
         return None
+    choice = _choice_for(x.shape[0], x.shape[1], w.shape[0])
+    return None if choice is None else _kernel(x, w, choice)
+
+
+def _choice_for(rows: int, columns: int, weight_rows: int) -> tuple[str, int] | None:
     # torch's AMX blocking depends on the weight's rows too, but is the same from 1024 rows on
     # (tests/test_matmul_kernel.py checks the 8B shapes themselves).
-    key = (x.shape[0], x.shape[1], min(w.shape[0], AMX_PROBE_ROWS))
+    key = (rows, columns, min(weight_rows, AMX_PROBE_ROWS))
     if key not in _choice:
         _choice[key] = _choose(*key)
-    choice = _choice[key]
-    return None if choice is None else _kernel(x, w, choice)
+    return _choice[key]
+
+
+def cpu_kind() -> str:
+    """What this CPU offers bfloat16 matmuls: AMX tiles, AVX-512 BF16 alone, or neither (from /proc/cpuinfo)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if "amx_bf16" in flags and "avx512_bf16" in flags:
+        return "AMX tiles and AVX-512 BF16"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16, no AMX"
+    return "no AVX-512 BF16"
+
+
+def model_paths(config, rows=(1, 17)) -> dict[str, dict[int, str]]:
+    """path() for each weight matrix of a model (a llama3.ModelConfig), at each number of rows of x:
+    1 for a decode step, the prompt's tokens for a forward pass."""
+    D, F, kv = config.dim, config.ffn_hidden_dim, config.n_kv_heads * config.head_dim
+    shapes = {"wq, wo": (D, D), "wk, wv": (kv, D), "w1, w3": (F, D), "w2": (D, F), "output": (config.vocab_size, D)}
+    return {name: {r: path(r, columns, n) for r in rows} for name, (n, columns) in shapes.items()}
+
+
+def path(rows: int, columns: int, weight_rows: int) -> str:
+    """Which code serves a bfloat16 x [rows, columns] @ w [weight_rows, columns]^T here, in words
+    (measuring torch's order and checking the kernel against it first, as linear does)."""
+    if not available():
+        return backend()
+    if not _shape_fits(rows, columns, weight_rows):
+        return "torch (a shape the kernel leaves to it)"
+    choice = _choice_for(rows, columns, weight_rows)
+    if choice is None:
+        return "torch (the kernel's sums differ from torch's here)"
+    kind, n = choice
+    if kind == "amx":
+        sums = "one float32 sum per output" if n >= columns else f"float32 partial sums of {n} inputs, added in order"
+        return f"kernel: AMX tiles; {sums}"
+    sums = "one float32 run per output" if n >= columns else f"float32 runs of {n} inputs, added in order"
+    return f"kernel: AVX-512 BF16, the {'one-row' if rows == 1 else 'tile'} path; {sums}"
 
 
 def _choose(rows: int, columns: int, weight_rows: int) -> tuple[str, int] | None:

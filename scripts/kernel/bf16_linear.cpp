@@ -15,12 +15,114 @@
 //
 // Layout in the inner loop: each 512-bit lane holds one output column (one weight row), so
 // one vdpbf16ps adds pair p of 16 weight rows times pair p of one row of x, broadcast.
-// Threads come from torch's own OpenMP runtime (this library links the libgomp torch loaded).
+// Threads: as many as torch's OpenMP runtime is set to use (this library links the libgomp torch loaded),
+// but run by a small pool of this library's own (see ChunkPool below).
 
 #include <immintrin.h>
+#include <linux/futex.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// The weight rows of one call are cut into chunks, and each thread takes the next chunk not yet taken.
+// An OpenMP parallel region would do the same, but it ends on a barrier that waits for every thread of
+// the team, also one that has not started yet: on a machine whose cores are shared with other work, a
+// helper thread that is waiting for a core then holds up the call for a whole scheduler time slice
+// (measured here: 4-8 ms a call, 224 calls per decode step, several seconds per token). Here the calling
+// thread takes chunks too and waits only for chunks already taken; a helper that comes late finds none
+// left. Helpers spin for a short while after a call (the next one usually follows within microseconds),
+// then sleep on a futex.
+class ChunkPool {
+  public:
+    template <class F>
+    void run(int n_chunks, F&& f) {
+        const int threads = omp_get_max_threads();  // what torch.set_num_threads set
+        std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);  // another thread's call in progress: run alone
+        if (threads <= 1 || n_chunks <= 1 || !lock.owns_lock()) {
+            for (int c = 0; c < n_chunks; c++) f(c);
+            return;
+        }
+        start(threads - 1);
+        fn_ = [](void* ctx, int c) { (*static_cast<F*>(ctx))(c); };
+        ctx_ = &f;
+        n_chunks_ = n_chunks, helpers_allowed_ = threads - 1;
+        done_.store(0, std::memory_order_relaxed);
+        const uint32_t gen = generation_.load(std::memory_order_relaxed) + 1;
+        state_.store((uint64_t)gen << 32, std::memory_order_release);  // chunk 0 of this call is next
+        generation_.store(gen, std::memory_order_release);
+        if (sleeping_.load(std::memory_order_acquire) > 0)
+            syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
+        work(gen);
+        while (done_.load(std::memory_order_acquire) < n_chunks) _mm_pause();  // only chunks others took
+    }
+
+  private:
+    void start(int helpers) {
+        while ((int)threads_.size() < helpers) {
+            const int index = (int)threads_.size();
+            threads_.emplace_back([this, index] { loop(index); });
+            threads_.back().detach();
+        }
+    }
+
+    // Takes chunks of call `gen` until none are left; false if the call is over (a newer one began).
+    void work(uint32_t gen) {
+        uint64_t state = state_.load(std::memory_order_acquire);
+        for (;;) {
+            if ((uint32_t)(state >> 32) != gen || (int)(uint32_t)state >= n_chunks_) return;
+            if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel)) continue;
+            fn_(ctx_, (int)(uint32_t)state);
+            done_.fetch_add(1, std::memory_order_release);
+            state = state_.load(std::memory_order_acquire);
+        }
+    }
+
+    void loop(int index) {
+        uint32_t seen = generation_.load(std::memory_order_acquire);
+        for (;;) {
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+            uint32_t gen;
+            while ((gen = generation_.load(std::memory_order_acquire)) == seen) {
+                if (std::chrono::steady_clock::now() < until) {
+                    for (int i = 0; i < 16; i++) _mm_pause();
+                    continue;
+                }
+                sleeping_.fetch_add(1, std::memory_order_acq_rel);
+                if (generation_.load(std::memory_order_acquire) == seen)
+                    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0);
+                sleeping_.fetch_sub(1, std::memory_order_acq_rel);
+            }
+            seen = gen;
+            if (index < helpers_allowed_) work(gen);
+        }
+    }
+
+    std::atomic<uint32_t> generation_{0};  // one more for each call: what sleeping helpers wait on
+    std::atomic<uint64_t> state_{0};       // the call's generation (high half) and its next chunk (low half)
+    std::atomic<int> done_{0}, sleeping_{0};
+    void (*fn_)(void*, int) = nullptr;
+    void* ctx_ = nullptr;
+    int n_chunks_ = 0, helpers_allowed_ = 0;
+    std::vector<std::thread> threads_;
+    std::mutex busy_;
+};
+
+ChunkPool& pool() {
+    static ChunkPool* p = new ChunkPool;  // never destroyed: its detached threads use it until the process ends
+    return *p;
+}
+
+}  // namespace
 
 namespace {
 
@@ -134,6 +236,81 @@ void tiles(const uint32_t* x_pairs, const uint16_t* w, uint16_t* out, int M, int
     }
 }
 
+// M == 1, the matrix-vector product of a decode step, where each weight byte is used once and the
+// pass must keep up with memory. The general path above is slow at it: its reordered piece goes
+// through L1 and back, and one tile's single float32 sum waits on vdpbf16ps's latency at every pair.
+// Here each 16 x 16 block of pairs is transposed in registers and used at once, kGroup tiles (64
+// weight rows) go side by side so that their sums are independent chains, and each row is fetched
+// kAhead cache lines ahead (at the end of a row, the start of the same row of the next group).
+// The sums are the same as above: pairs in order from zero within each run, runs added in order.
+constexpr int kGroup = 4;
+constexpr int kAhead = 8;
+
+template <int G>
+void gemv_group(const uint32_t* x32, const uint32_t* w, const uint32_t* next, uint16_t* out, int K2, int run2) {
+    __m512 total[G];
+    for (int g = 0; g < G; g++) total[g] = _mm512_setzero_ps();
+    for (int r0 = 0; r0 < K2; r0 += run2) {
+        const int r1 = r0 + run2 < K2 ? r0 + run2 : K2;  // run2 and K2 are multiples of 16
+        __m512 acc[G];
+        for (int g = 0; g < G; g++) acc[g] = _mm512_setzero_ps();
+        for (int p0 = r0; p0 < r1; p0 += 16) {
+            const int q = p0 + 16 * kAhead;
+            for (int g = 0; g < G; g++) {
+                const uint32_t* rows = w + (size_t)g * kTileN * K2;
+                const uint32_t* ahead = q < K2 ? rows + q : next ? next + (size_t)g * kTileN * K2 + (q - K2) : nullptr;
+                __m512i r[16];
+                for (int n = 0; n < 16; n++) {
+                    if (ahead) _mm_prefetch(reinterpret_cast<const char*>(ahead + (size_t)n * K2), _MM_HINT_T0);
+                    r[n] = _mm512_loadu_si512(rows + (size_t)n * K2 + p0);
+                }
+                transpose16(r);
+                for (int j = 0; j < 16; j++)
+                    acc[g] = _mm512_dpbf16_ps(acc[g], (__m512bh)r[j], (__m512bh)_mm512_set1_epi32((int)x32[p0 + j]));
+            }
+        }
+        for (int g = 0; g < G; g++) total[g] = _mm512_add_ps(total[g], acc[g]);  // runs in order
+    }
+    for (int g = 0; g < G; g++)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (size_t)g * kTileN), (__m256i)_mm512_cvtneps_pbh(total[g]));
+}
+
+// Tiles [tile_begin, tile_end) of out = w @ x for one row x, kGroup tiles at a time.
+void gemv_tiles(const uint32_t* x32, const uint16_t* w, uint16_t* out, int K, int kchunk, int tile_begin, int tile_end) {
+    const int K2 = K / 2, run2 = kchunk / 2;
+    const uint32_t* w32 = reinterpret_cast<const uint32_t*>(w);
+    for (int t = tile_begin; t < tile_end; t += kGroup) {
+        const uint32_t* rows = w32 + (size_t)t * kTileN * K2;
+        const uint32_t* next = t + kGroup < tile_end ? rows + (size_t)kGroup * kTileN * K2 : nullptr;
+        uint16_t* o = out + (size_t)t * kTileN;
+        switch (tile_end - t < kGroup ? tile_end - t : kGroup) {
+            case 1: gemv_group<1>(x32, rows, next, o, K2, run2); break;
+            case 2: gemv_group<2>(x32, rows, next, o, K2, run2); break;
+            case 3: gemv_group<3>(x32, rows, next, o, K2, run2); break;
+            default: gemv_group<kGroup>(x32, rows, next, o, K2, run2); break;
+        }
+    }
+}
+
+// Threads take the weight rows in chunks of kChunkTiles tiles (256 rows), each the next one not yet
+// taken (ChunkPool), rather than half each: on a machine shared with other work, a thread that gets less
+// of its core then does less of the matrix instead of holding up the other one.
+constexpr int kChunkTiles = 16;
+inline int chunks(int n_tiles) { return (n_tiles + kChunkTiles - 1) / kChunkTiles; }
+inline int chunk_end(int c, int n_tiles) { return (c + 1) * kChunkTiles < n_tiles ? (c + 1) * kChunkTiles : n_tiles; }
+
+// The x buffer of the calling thread, kept between calls (a decode step makes 224 of them).
+uint32_t* x_buffer(size_t dwords) {
+    thread_local uint32_t* buffer = nullptr;
+    thread_local size_t capacity = 0;
+    if (capacity < dwords) {
+        free(buffer);
+        buffer = static_cast<uint32_t*>(aligned_alloc(64, (dwords * 4 + 63) / 64 * 64));
+        capacity = buffer ? dwords : 0;
+    }
+    return buffer;
+}
+
 }  // namespace
 
 extern "C" {
@@ -145,20 +322,18 @@ int bf16_linear_supported(void) {
 // Returns 0, or -1 when the shapes are outside what the kernel handles (the caller uses torch).
 int bf16_linear(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, int N, int K, int kchunk) {
     if (M < 1 || M > kMaxM || N % kTileN || K % 32 || kchunk < 32 || kchunk % 32) return -1;
-    const int K2 = K / 2;
-    // x as pairs, pair-major, so that one pass reads the M pairs it broadcasts side by side.
-    uint32_t* x_pairs = static_cast<uint32_t*>(aligned_alloc(64, ((size_t)K2 * M * 4 + 63) / 64 * 64));
-    if (!x_pairs) return -1;
+    const int K2 = K / 2, n_tiles = N / kTileN;
     const uint32_t* x32 = reinterpret_cast<const uint32_t*>(x);
+    if (M == 1) {  // x's pairs as they lie; each thread a contiguous range of weight rows
+        pool().run(chunks(n_tiles), [&](int c) { gemv_tiles(x32, w, out, K, kchunk, c * kChunkTiles, chunk_end(c, n_tiles)); });
+        return 0;
+    }
+    // x as pairs, pair-major, so that one pass reads the M pairs it broadcasts side by side.
+    uint32_t* const x_pairs = x_buffer((size_t)K2 * M);  // the caller's, shared by the threads below
+    if (!x_pairs) return -1;
     for (int m = 0; m < M; m++)
         for (int p = 0; p < K2; p++) x_pairs[(size_t)p * M + m] = x32[(size_t)m * K2 + p];
-    const int n_tiles = N / kTileN;
-#pragma omp parallel
-    {
-        const long n = omp_get_num_threads(), i = omp_get_thread_num();
-        tiles(x_pairs, w, out, M, N, K, kchunk, (int)(n_tiles * i / n), (int)(n_tiles * (i + 1) / n));
-    }
-    free(x_pairs);
+    pool().run(chunks(n_tiles), [&](int c) { tiles(x_pairs, w, out, M, N, K, kchunk, c * kChunkTiles, chunk_end(c, n_tiles)); });
     return 0;
 }
 
@@ -174,9 +349,6 @@ int bf16_linear(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, int 
 // Every output still gets the same products added in the same groups of 32, in order, so the result
 // is torch's, which notebooks/matmul_kernel.py checks before using it.
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
 namespace {
 
 struct alignas(64) TileConfig {
@@ -187,14 +359,19 @@ struct alignas(64) TileConfig {
 
 constexpr int kAmxStep = 32;  // inputs per tdpbf16ps
 
-// Tiles: 0..1 weight rows (A), 2..3 x blocks of 16 rows (B), 4 + 2 * r + b the outputs (C).
+// Tiles: 0..1 weight rows (A), 2..3 two blocks of x rows (B: 16 pairs x `cols` rows each), 4 + 2 * r + b
+// the outputs (C: 16 weight rows x `cols` x rows). A block holds up to 16 rows of x, and its tiles are
+// only as wide as the rows it holds: for one row (a decode step) B is x itself, 4 bytes per pair, with
+// nothing to copy or convert; the outputs of each row are the same as in a full-width tile.
 template <int R, int B>
 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16"))) void amx_tiles(
-    const uint32_t* xb, const uint16_t* w, uint16_t* out, int M, int m0, int N, int K, int kblock, int tile0) {
+    const uint32_t* xb0, const uint32_t* xb1, int cols0, int cols1, const uint16_t* w, uint16_t* out, int m0, int N,
+    int K, int kblock, int tile0) {
     const size_t stride = (size_t)K * 2;
     const char* a = reinterpret_cast<const char*>(w + (size_t)tile0 * 16 * K);
-    const int steps = K / kAmxStep, block_dwords = (K / 2) * 16, block_steps = kblock / kAmxStep;
-    alignas(64) float c[4][16][16], partial[4][16][16];  // [tile][weight row][x row]
+    const int steps = K / kAmxStep, block_steps = kblock / kAmxStep;
+    const int colsb0 = 4 * cols0, colsb1 = 4 * cols1;
+    alignas(64) float c[4][256], partial[4][256];  // [tile][weight row * cols + x row]
     for (int s0 = 0; s0 < steps; s0 += block_steps) {  // each block of kblock inputs from zero
         const int s1 = s0 + block_steps < steps ? s0 + block_steps : steps;
         _tile_zero(4);
@@ -206,46 +383,51 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16"))) void amx_tiles(
             // against 0.65 s fetching 8 steps ahead and 0.69 s fetching 16 ahead).
             _tile_loadd(0, a + s * 64, stride);
             if constexpr (R > 1) _tile_loadd(1, a + 16 * stride + s * 64, stride);
-            _tile_loadd(2, xb + s * 256, 64);
-            if constexpr (B > 1) _tile_loadd(3, xb + block_dwords + s * 256, 64);
+            _tile_loadd(2, xb0 + s * 16 * cols0, colsb0);
+            if constexpr (B > 1) _tile_loadd(3, xb1 + s * 16 * cols1, colsb1);
             _tile_dpbf16ps(4, 0, 2);
             if constexpr (B > 1) _tile_dpbf16ps(5, 0, 3);
             if constexpr (R > 1) _tile_dpbf16ps(6, 1, 2);
             if constexpr (R > 1 && B > 1) _tile_dpbf16ps(7, 1, 3);
         }
-        float(*dest)[16][16] = s0 == 0 ? c : partial;
-        _tile_stored(4, dest[0], 64);
-        if constexpr (B > 1) _tile_stored(5, dest[1], 64);
-        if constexpr (R > 1) _tile_stored(6, dest[2], 64);
-        if constexpr (R > 1 && B > 1) _tile_stored(7, dest[3], 64);
+        float(*dest)[256] = s0 == 0 ? c : partial;
+        _tile_stored(4, dest[0], colsb0);
+        if constexpr (B > 1) _tile_stored(5, dest[1], colsb1);
+        if constexpr (R > 1) _tile_stored(6, dest[2], colsb0);
+        if constexpr (R > 1 && B > 1) _tile_stored(7, dest[3], colsb1);
         if (s0 > 0)  // the blocks' sums added in order, in float32
             for (int t = 0; t < 4; t++)
-                for (int m = 0; m < 16; m++)
-                    _mm512_store_ps(c[t][m], _mm512_add_ps(_mm512_load_ps(c[t][m]), _mm512_load_ps(partial[t][m])));
+                for (int i = 0; i < 256; i += 16)
+                    _mm512_store_ps(c[t] + i, _mm512_add_ps(_mm512_load_ps(c[t] + i), _mm512_load_ps(partial[t] + i)));
     }
     for (int r = 0; r < R; r++)
-        for (int b = 0; b < B; b++)
-            for (int n = 0; n < 16 && m0 + 16 * b + n < M; n++) {
+        for (int b = 0; b < B; b++) {
+            const int cols = b ? cols1 : cols0;
+            for (int n = 0; n < cols; n++) {
                 alignas(64) float column[16];
-                for (int m = 0; m < 16; m++) column[m] = c[2 * r + b][m][n];
+                for (int m = 0; m < 16; m++) column[m] = c[2 * r + b][m * cols + n];
                 _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (size_t)(m0 + 16 * b + n) * N + (tile0 + r) * 16),
                                     (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(column)));  // round to nearest even
             }
+        }
 }
 
+// Chunk c of the weight rows: pairs of weight tiles (kChunkTiles is even); an odd last tile alone. Each chunk
+// sets up the tiles of the thread that takes it, and releases them after.
 template <int B>
-__attribute__((target("amx-tile,amx-bf16"))) void amx_pass(const uint32_t* xb, const uint16_t* w, uint16_t* out,
-                                                          int M, int m0, int N, int K, int kblock) {
-    const int n_tiles = N / 16;
+__attribute__((target("amx-tile,amx-bf16"))) void amx_chunk(int c, const uint32_t* xb0, const uint32_t* xb1, int cols0,
+                                                           int cols1, const uint16_t* w, uint16_t* out, int m0, int N,
+                                                           int K, int kblock) {
     TileConfig config = {};
     config.palette = 1;
-    for (int t = 0; t < 8; t++) config.rows[t] = 16, config.colsb[t] = 64;
-    const long n = omp_get_num_threads(), i = omp_get_thread_num();
-    // Pairs of weight tiles, split between threads; an odd last tile alone.
-    const int pairs = n_tiles / 2, begin = (int)(pairs * i / n), end = (int)(pairs * (i + 1) / n);
+    for (int t = 0; t < 8; t++) config.rows[t] = 16;
+    config.colsb[0] = config.colsb[1] = 64;                           // weight rows: 32 inputs each
+    config.colsb[2] = config.colsb[4] = config.colsb[6] = 4 * cols0;  // x block 0 and its outputs
+    config.colsb[3] = config.colsb[5] = config.colsb[7] = 4 * (B > 1 ? cols1 : cols0);
     _tile_loadconfig(&config);
-    for (int p = begin; p < end; p++) amx_tiles<2, B>(xb, w, out, M, m0, N, K, kblock, 2 * p);
-    if (n_tiles % 2 && i == n - 1) amx_tiles<1, B>(xb, w, out, M, m0, N, K, kblock, n_tiles - 1);
+    const int n_tiles = N / 16, begin = c * kChunkTiles, end = chunk_end(c, n_tiles);
+    for (int t = begin; t + 1 < end; t += 2) amx_tiles<2, B>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock, t);
+    if ((end - begin) % 2) amx_tiles<1, B>(xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock, end - 1);
     _tile_release();
 }
 
@@ -264,35 +446,30 @@ int bf16_amx_supported(void) {
 // kblock: inputs per partial sum (a multiple of 32; K or more for one sum per output), as torch splits K.
 int bf16_linear_amx(const uint16_t* x, const uint16_t* w, uint16_t* out, int M, int N, int K, int kblock) {
     if (M < 1 || M > kMaxM || N % 16 || K % kAmxStep || kblock < kAmxStep || kblock % kAmxStep) return -1;
-    const int K2 = K / 2;
+    const size_t K2 = K / 2;
     const uint32_t* x32 = reinterpret_cast<const uint32_t*>(x);
-    // x in AMX's B layout, 32 rows (two tiles' columns) at a time: xb[block][pair][row in block].
-    // One buffer per calling thread, kept: a decode step makes 224 of these calls.
-    const size_t block_dwords = (size_t)K2 * 16;
-    thread_local uint32_t* buffer = nullptr;
-    thread_local size_t capacity = 0;
-    if (capacity < 2 * block_dwords) {
-        free(buffer);
-        buffer = static_cast<uint32_t*>(aligned_alloc(64, 2 * block_dwords * 4));
-        capacity = buffer ? 2 * block_dwords : 0;
-        if (!buffer) return -1;
-    }
-    uint32_t* const xb = buffer;  // the caller's: inside the parallel region `buffer` is each thread's own
+    // x in AMX's B layout, 32 rows (two blocks of up to 16) at a time: each block pair-major,
+    // xb[pair][row in block]. One row is that layout already.
+    uint32_t* const xb = M > 1 ? x_buffer(K2 * 32) : nullptr;  // the caller's, shared by the threads below
+    if (M > 1 && !xb) return -1;
     for (int m0 = 0; m0 < M; m0 += 32) {
-        const int blocks = M - m0 > 16 ? 2 : 1;
-        for (int b = 0; b < blocks; b++)
-            for (int p = 0; p < K2; p++)
-                for (int n = 0; n < 16; n++) {
-                    const int m = m0 + 16 * b + n;
-                    xb[b * block_dwords + (size_t)p * 16 + n] = m < M ? x32[(size_t)m * K2 + p] : 0;
-                }
-#pragma omp parallel
-        {
-            if (blocks == 2)
-                amx_pass<2>(xb, w, out, M, m0, N, K, kblock);
-            else
-                amx_pass<1>(xb, w, out, M, m0, N, K, kblock);
+        const int cols0 = M - m0 < 16 ? M - m0 : 16, cols1 = M - m0 - 16 < 16 ? M - m0 - 16 : 16;
+        const uint32_t *xb0 = x32, *xb1 = nullptr;
+        if (M > 1) {
+            for (int b = 0; b < (cols1 > 0 ? 2 : 1); b++) {
+                const int cols = b ? cols1 : cols0;
+                uint32_t* block = xb + b * K2 * 16;
+                for (size_t p = 0; p < K2; p++)
+                    for (int n = 0; n < cols; n++) block[p * cols + n] = x32[(size_t)(m0 + 16 * b + n) * K2 + p];
+            }
+            xb0 = xb, xb1 = xb + K2 * 16;
         }
+        pool().run(chunks(N / 16), [&](int c) {
+            if (cols1 > 0)
+                amx_chunk<2>(c, xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock);
+            else
+                amx_chunk<1>(c, xb0, xb1, cols0, cols1, w, out, m0, N, K, kblock);
+        });
     }
     return 0;
 }

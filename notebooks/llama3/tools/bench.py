@@ -276,6 +276,8 @@ def run_floor(model_dir: Path) -> dict:
     compute_floor = 2 * multiplied_parameters(weights) * tokens / best
     bandwidth_floor = weight_bytes_read(weights, tokens) / bandwidth
     return {
+        "paths": matmul_kernel.model_paths(config, (1, tokens)),
+        "cpu_kind": matmul_kernel.cpu_kind(),
         "bandwidth_gb_per_s": bandwidth / 1e9,
         "bandwidth_method": bandwidth_method,
         "weight_gb_forward": weight_bytes_read(weights, tokens) / 1e9,
@@ -496,7 +498,7 @@ def main() -> None:
     fl = floor["floor_seconds"]
     lines = [
         f"Machine: {machine}. Checkpoint: {args.model_dir.name} ({size_gb:.1f} GiB, {floor['parameters'] / 1e9:.2f}e9 parameters), "
-        f"{floor['tokens']} prompt tokens. Weight matmuls: {matmul_kernel.backend()}. "
+        f"{floor['tokens']} prompt tokens. CPU: {floor['cpu_kind']}. Weight matmuls: {matmul_kernel.backend()}. "
         f"Memory bandwidth: {bw:.1f} GB/s ({floor['bandwidth_method']}; best of "
         + ", ".join(f"{b:.1f}" for b in measured)
         + " GB/s measured in this run). "
@@ -505,6 +507,21 @@ def main() -> None:
         f"Forward pass over the prompt: floor {fl:.2f} s, the larger of compute ({floor['compute_floor_seconds']:.2f} s) "
         f"and one read of its {floor['weight_gb_forward']:.1f} GB of weights ({floor['bandwidth_floor_seconds']:.2f} s): "
         f"{floor['floor_binds']} binds.",
+        "",
+        f"**Prefill** (the forward pass over the prompt, warm, the first in a fresh process, so with the kernel's "
+        f"one-time checks of each new shape; median of 5): {warm['forward_seconds']:.3f} s, "
+        f"{100 * fl / warm['forward_seconds']:.0f}% of its floor ({fl:.3f} s). **Decode** (median of {DECODE_STEPS} steps): {decode['median_seconds']:.3f} s per token, "
+        f"{100 * floor['decode_floor_seconds'] / decode['median_seconds']:.0f}% of its floor "
+        f"({floor['decode_floor_seconds']:.3f} s: one read of {floor['weight_gb_decode']:.1f} GB at {bw:.1f} GB/s).",
+        "",
+        "Which code served each weight matmul on this machine:",
+        "",
+        f"| weight | decode step (1 row of x) | prompt ({floor['tokens']} rows) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {p[1]} | {p[floor['tokens']]} |" for name, p in ((n, {int(k): v for k, v in p.items()})
+                                                                       for n, p in floor["paths"].items())]  # fmt: skip
+    lines += [
         "",
         "| approach | wall s (load + forward) | forward s | peak anon GiB | peak total GiB | top-1 | ours/baseline (wall) | forward / floor | forward / torch's matmuls |",
         "|---|---|---|---|---|---|---|---|---|",

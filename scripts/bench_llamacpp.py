@@ -200,6 +200,8 @@ def report(args, gguf: Path, ids: list[int], rounds: list[dict]) -> None:
         return ", ".join(f"{i}: {r['logits'][i]:.2f}" for i in r["top5"])
 
     # Where the orders differ, are the tokens closer in both programs' logits than the programs are to each other?
+    ties = any(p["ours"]["logits"][a] == p["ours"]["logits"][b]
+               for p in rounds for a, b in zip(p["ours"]["top5"], p["llamacpp"]["top5"]) if a != b)
     swaps_within_noise = all(
         abs(p["ours"]["logits"][a] - p["ours"]["logits"][b]) <= diff
         and abs(p["llamacpp"]["logits"][a] - p["llamacpp"]["logits"][b]) <= diff
@@ -239,7 +241,9 @@ def report(args, gguf: Path, ids: list[int], rounds: list[dict]) -> None:
         f"its operations, this project in bfloat16 as Meta's code does). "
         + ("" if all(same_top5) else
            "Where the orders differ, the two tokens' logits are closer to each other, in both programs, than the "
-           "programs' logits are to each other: their order is within the two programs' rounding. " if swaps_within_noise
+           "programs' logits are to each other: their order is within the two programs' rounding"
+           + (" (in this project's bfloat16 logits the two are tied exactly, and equal logits are ordered by token id)"
+              if ties else "") + ". " if swaps_within_noise
            else "Where the orders differ, the tokens' logits are further apart than the two programs' largest "
            "difference: a real disagreement. ")
         + f"Greedy tokens decoded, llama.cpp: {theirs[0]['tokens']}; this project: {ours[0]['tokens']}.",

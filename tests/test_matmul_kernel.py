@@ -89,7 +89,7 @@ def test_a_wrong_summation_order_is_caught():
 @pytest.mark.parametrize("out_features, in_features", [(1040, 4096), (64, 14336), (16, 1024), (48, 2048)])
 def test_matrix_vector_path_sums_as_the_tile_path(out_features, in_features, run):
     """Without AMX a single row has a path of its own (blocks transposed in registers, several tiles at
-    once; scripts/bf16_linear.cpp). It must add the same products in the same order as the path for
+    once; scripts/kernel/bf16_linear.cpp). It must add the same products in the same order as the path for
     several rows, whose order is the one checked against torch on such CPUs: the same x as row 0 of two
     rows gives the same bits. Any CPU with AVX-512 BF16 runs both paths, AMX or not. (1, 2, 3 and 65
     tiles of 16 weight rows: groups of four tiles and what is left over.) Random inputs, and ones against

@@ -3,7 +3,7 @@
 Each approach runs in a fresh process so that its peak memory is its own:
 - ours (warm / cold page cache): load_checkpoint (memory-mapped) + the forward pass that
   notebook 09 runs, through the module's functions; once more with LLAMA3_MATMUL=torch, to
-  show what the bf16 kernel (notebooks/matmul_kernel.py) adds;
+  show what the bf16 kernel (llama3/kernel.py) adds;
 - baseline: the way the usual from-scratch notebooks do it, written for this benchmark:
   the whole checkpoint torch.load-ed into RAM, then per-head Python loops;
 - decode: generating with the key/value cache, one token per forward pass (the step

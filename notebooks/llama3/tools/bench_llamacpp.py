@@ -206,6 +206,12 @@ def report(args, gguf: Path, ids: list[int], rounds: list[dict]) -> None:
         return ", ".join(f"{i}: {r['logits'][i]:.2f}" for i in r["top5"])
 
     # Where the orders differ, are the tokens closer in both programs' logits than the programs are to each other?
+    ties = any(
+        p["ours"]["logits"][a] == p["ours"]["logits"][b]
+        for p in rounds
+        for a, b in zip(p["ours"]["top5"], p["llamacpp"]["top5"])
+        if a != b
+    )
     swaps_within_noise = all(
         abs(p["ours"]["logits"][a] - p["ours"]["logits"][b]) <= diff
         and abs(p["llamacpp"]["logits"][a] - p["llamacpp"]["logits"][b]) <= diff
@@ -247,7 +253,13 @@ def report(args, gguf: Path, ids: list[int], rounds: list[dict]) -> None:
             ""
             if all(same_top5)
             else "Where the orders differ, the two tokens' logits are closer to each other, in both programs, than the "
-            "programs' logits are to each other: their order is within the two programs' rounding. "
+            "programs' logits are to each other: their order is within the two programs' rounding"
+            + (
+                " (in this project's bfloat16 logits the two are tied exactly, and equal logits are ordered by token id)"
+                if ties
+                else ""
+            )
+            + ". "
             if swaps_within_noise
             else "Where the orders differ, the tokens' logits are further apart than the two programs' largest "
             "difference: a real disagreement. "

@@ -30,6 +30,7 @@ import torch
 from ..config import CheckpointError, ModelConfig
 from ..shapes import expected_shapes
 from .huggingface import ffn_params
+from .meta import meta_name_of
 
 __all__ = [
     "GGUF_LAYER_NAMES", "GGUF_OTHER_NAMES", "GGUF_PRE_TOKENIZERS", "meta_name", "open_gguf", "gguf_metadata",
@@ -55,13 +56,7 @@ GGUF_OTHER_NAMES = {"token_embd": "tok_embeddings", "output_norm": "norm", "outp
 
 def meta_name(gguf_name: str) -> str | None:
     """blk.3.attn_q.weight -> layers.3.attention.wq.weight; token_embd.weight -> tok_embeddings.weight."""
-    stem = gguf_name.removesuffix(".weight")
-    if stem in GGUF_OTHER_NAMES:
-        return GGUF_OTHER_NAMES[stem] + ".weight"
-    parts = stem.split(".")
-    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in GGUF_LAYER_NAMES:
-        return f"layers.{parts[1]}.{GGUF_LAYER_NAMES[parts[2]]}.weight"
-    return None
+    return meta_name_of(gguf_name, "blk", GGUF_LAYER_NAMES, GGUF_OTHER_NAMES)
 
 
 def open_gguf(path: str | Path):

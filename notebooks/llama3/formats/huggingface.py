@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -39,7 +38,7 @@ from ..config import (
 from ..shapes import expected_shapes
 from ..tokens import SPLIT_PATTERN, Tokenizer, hf_special_token_names, load_tokenizer, tokenizer_from_json
 from ..weights import RowPermutedWeight, StoredWeight, output_is_tied, rope_row_permutation, weight_rows
-from .meta import copy_tokenizer, read_json
+from .meta import copy_tokenizer, meta_name_of, read_json
 
 # ---------------------------------------------------------------------------------------
 # Reading
@@ -63,13 +62,7 @@ HF_OTHER_NAMES = {"model.embed_tokens": "tok_embeddings", "model.norm": "norm", 
 
 def meta_key(hf_key: str) -> str | None:
     """model.layers.3.self_attn.q_proj.weight -> layers.3.attention.wq.weight (None if not a Llama weight)."""
-    stem = hf_key.removesuffix(".weight")
-    if stem in HF_OTHER_NAMES:
-        return HF_OTHER_NAMES[stem] + ".weight"
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", stem)
-    if m and m.group(2) in HF_LAYER_NAMES:
-        return f"layers.{m.group(1)}.{HF_LAYER_NAMES[m.group(2)]}.weight"
-    return None
+    return meta_name_of(hf_key, "model.layers", HF_LAYER_NAMES, HF_OTHER_NAMES)
 
 
 def read_hf_config(ckpt_dir: Path, release: str | None = None) -> tuple[ModelConfig, bool]:
@@ -314,7 +307,10 @@ def hf_state_dict(
             "Pass a Meta state dict (consolidated.00.pth) and the params.json it came with."
         )
     reorder = to_hf_rows if permute else (lambda w, n: w)
-    meta_weights = {k: weight_rows(w) for k, w in meta_weights.items()}  # Meta's rows (a layout's weight joined)
+    tied = output_is_tied(meta_weights)  # on the weights as given: a tied output is the embedding itself
+    meta_weights = {  # Meta's rows (a layout's weight joined), each once: a tied output is not written
+        k: weight_rows(w) for k, w in meta_weights.items() if not (tied and k == "output.weight")
+    }
     state = {"model.embed_tokens.weight": meta_weights["tok_embeddings.weight"]}
     for i in range(config.n_layers):
         for hf_name, meta_name in LAYER_KEYS.items():
@@ -325,7 +321,7 @@ def hf_state_dict(
                 w = reorder(w, config.n_kv_heads)
             state[f"model.layers.{i}.{hf_name}"] = w
     state["model.norm.weight"] = meta_weights["norm.weight"]
-    if not output_is_tied(meta_weights):
+    if not tied:
         state["lm_head.weight"] = meta_weights["output.weight"]
     return {k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}
 

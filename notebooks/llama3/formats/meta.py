@@ -113,6 +113,18 @@ ROW_PARALLEL = ("attention.wo", "feed_forward.w2")
 SHARD_FILE = re.compile(r"consolidated\.(\d\d)\.pth")
 
 
+def meta_name_of(name: str, layer_prefix: str, layer_names: dict, other_names: dict) -> str | None:
+    """Another format's tensor name as Meta's: `<layer_prefix>.N.<part>.weight` -> layers.N.<layer_names[part]>.weight,
+    `<stem>.weight` -> <other_names[stem]>.weight; None for a name that is not a Llama weight."""
+    stem = name.removesuffix(".weight")
+    if stem in other_names:
+        return other_names[stem] + ".weight"
+    m = re.fullmatch(re.escape(layer_prefix) + r"\.(\d+)\.(.+)", stem)
+    if m and m.group(2) in layer_names:
+        return f"layers.{m.group(1)}.{layer_names[m.group(2)]}.weight"
+    return None
+
+
 def split_dim_of(key: str) -> int | None:
     """0 or 1 for a weight Meta splits, None for one every shard holds whole."""
     name = (
